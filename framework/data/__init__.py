@@ -1,0 +1,1 @@
+"""Shards, manifests and loaders. (Torch-free to import; see ``module`` and ``loader``.)"""

@@ -1,0 +1,144 @@
+"""Build a run from a validated config: strategy → run directory → data → algorithm → trainer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from framework.config import ConfigError, plugin_config
+from framework.registry import ALGORITHMS, DATASETS, STRATEGIES
+
+log = logging.getLogger("medley")
+
+
+def setup_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("medley").setLevel(level)
+
+
+def check_capabilities(cfg: DictConfig) -> None:
+    """Fail before any process group starts when the algorithm does not support the setup."""
+    algo_cls = ALGORITHMS.get(cfg.algorithm.name).load()
+    caps = algo_cls.capabilities
+    name = cfg.algorithm.name
+    if cfg.strategy.name not in caps.strategies:
+        raise ConfigError(
+            f"strategy.name: algorithm '{name}' does not support strategy '{cfg.strategy.name}' "
+            f"(supported: {', '.join(caps.strategies)})"
+        )
+    if cfg.trainer.precision not in caps.precisions:
+        raise ConfigError(
+            f"trainer.precision: algorithm '{name}' does not support precision '{cfg.trainer.precision}' "
+            f"(supported: {', '.join(caps.precisions)})"
+        )
+    if cfg.trainer.accumulate_grad_batches > 1 and not caps.accumulation and not caps.manual_optimization:
+        raise ConfigError(f"trainer.accumulate_grad_batches: algorithm '{name}' does not support accumulation")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    blob = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+            if d:
+                return d
+        return None
+    return prefix.rstrip(".") if a != b else None
+
+
+def check_same_config(cfg: DictConfig, strategy: Any) -> None:
+    """Every rank composed its own config; prove they agree (names the first differing key)."""
+    if strategy.world_size == 1:
+        return
+    mine = OmegaConf.to_container(cfg, resolve=True)
+    mine.get("paths", {}).pop("run_dir", None)
+    everyone = strategy.all_gather_object(mine)
+    for rank, other in enumerate(everyone):
+        diff = first_difference(everyone[0], other)
+        if diff:
+            raise ConfigError(f"{diff}: rank {rank} composed a different value than rank 0 (same arguments on every rank?)")
+
+
+def resolve_run_dir(cfg: DictConfig, strategy: Any) -> Path:
+    """Explicit ``paths.run_dir``; else ``resume=auto`` continues the newest run of this name;
+    else a new ``run_root/name/timestamp``. Decided on rank 0 and broadcast."""
+    if cfg.paths.run_dir:
+        path = Path(cfg.paths.run_dir).expanduser().resolve()
+    else:
+        path = None
+        if strategy.is_global_zero:
+            base = Path(cfg.paths.run_root).expanduser().resolve() / cfg.name
+            if cfg.resume == "auto" and base.is_dir():
+                runs = sorted(p for p in base.iterdir() if (p / "checkpoints").is_dir())
+                path = runs[-1] if runs else None
+            if cfg.resume and cfg.resume != "auto" and Path(cfg.resume).exists():
+                p = Path(cfg.resume).resolve()
+                path = p if (p / "checkpoints").is_dir() else p.parent.parent
+            if path is None:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                path, n = base / stamp, 1
+                while path.exists():
+                    path, n = base / f"{stamp}-{n}", n + 1
+        path = Path(strategy.broadcast_object(str(path) if path else None))
+    if strategy.is_global_zero:
+        path.mkdir(parents=True, exist_ok=True)
+    strategy.barrier()
+    return path
+
+
+def build_strategy(cfg: DictConfig) -> Any:
+    return STRATEGIES.get(cfg.strategy.name).load()(plugin_config(cfg.strategy, STRATEGIES))
+
+
+def train(cfg: DictConfig, hooks: list | None = None, strategy: Any = None) -> dict:
+    """Run one training job from a validated config; returns the summary (also written to disk)."""
+    check_capabilities(cfg)
+    strategy = strategy or build_strategy(cfg)
+    setup_logging(strategy.rank)
+    check_same_config(cfg, strategy)
+    run_dir = resolve_run_dir(cfg, strategy)
+    if strategy.is_global_zero:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        log.info("run directory: %s", run_dir)
+
+    from framework.data.module import DataModule
+    from framework.trainer import Trainer
+
+    data_cfg = plugin_config(cfg.data, DATASETS)
+    data = DataModule(data_cfg, cfg.paths.data_root, cfg.trainer.seed, strategy.rank, strategy.world_size)
+    algo_cls = ALGORITHMS.get(cfg.algorithm.name).load()
+    algorithm = algo_cls(plugin_config(cfg.algorithm, ALGORITHMS), cfg)
+    trainer = Trainer(cfg, strategy, algorithm, data, run_dir, hooks)
+    summary = trainer.fit()
+    summary["run_dir"] = str(run_dir)
+    if strategy.is_global_zero:
+        tmp = run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, run_dir / "summary.json")
+        log.info("summary: %s", json.dumps(summary["final_metrics"]))
+    strategy.barrier()
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    """The final metrics as a table on stdout (rank 0 only)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    print(f"\n{summary['algorithm']} on {summary['dataset']}: {summary['steps']} steps in {summary['wall_s']:.1f} s "
+          f"({summary['strategy']}, world size {summary['world_size']})")
+    for key, value in summary["final_metrics"].items():
+        print(f"  {key:32s} {value:.4f}")
+    print(f"run directory: {summary.get('run_dir')}")

@@ -1,0 +1,71 @@
+"""Run outputs on rank 0: metrics.jsonl, TensorBoard events, a progress bar or log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("medley")
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path | None, cfg: Any, total_steps: int, start_step: int = 0):
+        self.enabled = run_dir is not None
+        self.run_dir, self.total = run_dir, total_steps
+        self._jsonl = open(run_dir / "metrics.jsonl", "a") if self.enabled else None
+        self._tb = None
+        if self.enabled and cfg.logger.tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tb"))
+        mode = cfg.logger.progress
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode = mode if self.enabled else "off"
+        self._bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
+        self._t0, self._s0 = time.time(), start_step
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(k, v, step)
+
+    def progress(self, step: int, loss: float | None, samples_per_s: float | None) -> None:
+        if self.mode == "off":
+            return
+        if self._bar is not None:
+            self._bar.n = step
+            post = {}
+            if loss is not None:
+                post["loss"] = f"{loss:.4f}"
+            if samples_per_s:
+                post["samples/s"] = f"{samples_per_s:.0f}"
+            self._bar.set_postfix(post, refresh=True)
+            return
+        elapsed = time.time() - self._t0
+        rate = (step - self._s0) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        log.info(
+            "step %d/%d  loss %s  %.1f samples/s  eta %.0fs",
+            step, self.total, f"{loss:.4f}" if loss is not None else "-", samples_per_s or 0.0, eta,
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()

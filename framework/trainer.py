@@ -1,0 +1,354 @@
+"""The training loop. ``fit()`` reads top to bottom: phases → steps → micro-batches.
+
+Everything backend-specific goes through ``self.strategy``; everything method-specific
+through ``self.algorithm``. The hook order is documented in ``framework/hooks.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from framework import checkpoint as ckpt
+from framework.context import NonFiniteLoss, StepContext
+from framework.hooks import Hook
+from framework.runlog import RunLogger
+
+log = logging.getLogger("medley")
+
+
+class Trainer:
+    def __init__(self, cfg: Any, strategy: Any, algorithm: Any, data: Any, run_dir: Path | None,
+                 hooks: list[Hook] | None = None):
+        self.cfg, self.strategy, self.algorithm, self.data = cfg, strategy, algorithm, data
+        self.run_dir = run_dir  # same path on every rank; only rank 0 writes non-sharded files
+        self.hooks = list(hooks or [])
+        self.manual = algorithm.capabilities.manual_optimization
+        self.accum = 1 if self.manual else cfg.trainer.accumulate_grad_batches
+        self.ctx = StepContext(self)
+        # named auxiliary streams (e.g. a balanced meta set) offered by the data module: ctx.aux(name)
+        self.aux_iterators: dict[str, Any] = getattr(data, "aux_iterators", dict)()
+        self.bad_steps = self.bad_total = 0
+        self.best: float | None = None
+        self.final_metrics: dict[str, float] = {}
+
+        torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
+        model = algorithm.build_model(data.info)
+        optimizers = algorithm.configure_optimizers(model, self.ctx)
+        self.model, opts = strategy.setup(model, {k: v[0] for k, v in optimizers.items()}, algorithm)
+        owned = algorithm.owned_module()
+        if owned is not None:
+            owned.to(strategy.device)
+        self.ctx.optimizers = opts
+        self.ctx.schedulers = {k: v[1] for k, v in optimizers.items()}
+        self.metrics_template = algorithm.build_metrics(data.info)
+
+    # ------------------------------------------------------------------------------- fit
+    def fit(self) -> dict:
+        cfg, ctx = self.cfg.trainer, self.ctx
+        seed_everything(cfg.seed * 1000 + self.strategy.rank)  # per-rank randomness (dropout, ...)
+        self.restore(ckpt.resolve_resume(self.cfg.resume, self.run_dir))  # restores RNG when resuming
+        logger = RunLogger(self.run_dir if self.strategy.is_global_zero else None, self.cfg, cfg.max_steps, ctx.global_step)
+        batches = self.data.epoch_batches()
+        self._emit("before_fit")
+        t_start = time.time()
+        window = _Window()
+
+        phases = self.algorithm.phases()
+        for index, phase in enumerate(phases):
+            phase_end = cfg.max_steps * (index + 1) // len(phases)
+            if ctx.global_step >= phase_end:
+                continue
+            ctx.phase = phase
+            self.algorithm.on_phase_start(phase, self.model, ctx)
+            self._emit("before_phase", phase)
+            while ctx.global_step < phase_end:
+                losses = self.train_step(batches, window)
+                self._every(cfg.ckpt_every, self.save_checkpoint)
+                self._every(cfg.eval_every, lambda: self.evaluate(cfg.eval_split))
+                if ctx.global_step % cfg.log_every == 0 or ctx.global_step == cfg.max_steps:
+                    self.write_logs(logger, window, losses)
+            self._emit("after_phase", phase)
+            self.algorithm.on_phase_end(phase, self.model, ctx)
+
+        wall = time.time() - t_start
+        self.save_checkpoint()  # saved before the final evaluation: a crash in eval must not lose it
+        for split in dict.fromkeys([cfg.eval_split, "test"]):
+            if split in self.data.manifest["splits"]:
+                self.final_metrics.update(self.evaluate(split))
+        logger.write(ctx.global_step, self.final_metrics)
+        logger.close()
+        summary = self.summary(wall)
+        self._emit("after_fit", summary)
+        return summary
+
+    def train_step(self, batches, window: "_Window") -> dict[str, float]:
+        """One optimizer step: ``accum`` micro-batches, a finite check, then the step."""
+        ctx, alg = self.ctx, self.algorithm
+        self.model.train()
+        self._emit("before_step", ctx.global_step)
+        ctx.bad_step, step_losses = False, {}
+        t0 = time.time()
+        for ctx.micro in range(self.accum):
+            batch = to_device(next(batches), self.strategy.device)
+            window.samples += count_samples(batch)
+            sync = contextlib.nullcontext() if self.manual else ctx.no_sync()
+            with sync, self.autocast():
+                losses = alg.training_step(self.model, batch, ctx)
+            if not self.manual:
+                ok, name = ctx.all_finite(losses)
+                if not ok:
+                    self.mark_bad(name)
+                self._emit("before_backward", ctx.micro)
+                with sync:
+                    alg.backward(losses, ctx)  # skips itself on a bad step
+                self._emit("after_backward", ctx.micro)
+            for k, v in losses.items():
+                step_losses[k] = step_losses.get(k, 0.0) + float(v.detach()) / self.accum
+        if not self.manual:
+            if not ctx.bad_step:
+                self._emit("before_optimizer_step")
+            for name in ctx.optimizers:
+                ctx.step(name)  # on a bad step: only zero_grad
+            if not ctx.bad_step:
+                self._emit("after_optimizer_step")
+        if ctx.bad_step:
+            self.bad_total += 1
+            ctx.log("skipped_steps", self.bad_total, reduce="max")
+        else:
+            self.bad_steps = 0
+            window.add(step_losses)
+        ctx.global_step += 1
+        alg.after_step(self.model, ctx)
+        window.time += time.time() - t0
+        self._emit("after_step", ctx.global_step, step_losses)
+        return step_losses
+
+    def mark_bad(self, loss_name: str) -> None:
+        """A non-finite loss on some rank: this step is skipped everywhere."""
+        if not self.ctx.bad_step:
+            self.bad_steps += 1
+            log.warning("step %d: non-finite loss '%s'; skipping the step", self.ctx.global_step, loss_name)
+        self.ctx.bad_step = True
+        for opt in self.ctx.optimizers.values():
+            self.strategy.zero_grad(opt, self.model)
+        if self.bad_steps >= self.cfg.trainer.max_bad_steps:
+            raise NonFiniteLoss(
+                f"loss '{loss_name}' was NaN/inf for {self.bad_steps} consecutive steps "
+                f"(trainer.max_bad_steps={self.cfg.trainer.max_bad_steps}); stopping at step {self.ctx.global_step}"
+            )
+
+    # ---------------------------------------------------------------------------- eval
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        self._emit("before_eval", split)
+        model = self.strategy.unwrap(self.model)
+        was_training = model.training
+        model.eval()
+        metrics = self.algorithm.build_metrics(self.data.info)
+        with self.autocast():
+            for batch in self.data.eval_loader(split):
+                self.algorithm.evaluate(model, to_device(batch, self.strategy.device), metrics, self.ctx)
+        out = {}
+        for key, metric in metrics.items():
+            metric.reduce(self.strategy)
+            value = metric.compute()
+            if isinstance(value, dict):
+                out.update({f"{split}/{key}/{k}": float(v) for k, v in value.items()})
+            else:
+                out[f"{split}/{key}"] = float(value)
+        model.train(was_training)
+        if self.strategy.is_global_zero:
+            log.info("step %d %s: %s", self.ctx.global_step, split, "  ".join(f"{k}={v:.4f}" for k, v in out.items()))
+        self._track_best(out)
+        self._emit("after_eval", split, out)
+        return out
+
+    # ---------------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        """Everything needed to continue bit-for-bit; data position and RNG of every rank."""
+        ctx = self.ctx
+        return {
+            "step": ctx.global_step,
+            "model": self.strategy.unwrap(self.model).state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in ctx.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in ctx.schedulers.items() if s is not None},
+            "algorithm": self.algorithm.state_dict(),
+            "data": self.strategy.all_gather_object(self.data.state_dict()),
+            "rng": self.strategy.all_gather_object(ckpt.rng_state()),
+            "bad_total": self.bad_total,
+            "best": self.best,
+            "world_size": self.strategy.world_size,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        step = self.ctx.global_step
+        self._emit("before_checkpoint", step)
+        path = self.run_dir / "checkpoints" / f"step-{step:08d}.pt" if self.run_dir else None
+        state = self.state()
+        if path is not None:
+            self.strategy.save(state, path)
+            self.strategy.barrier()
+            if self.strategy.is_global_zero:
+                ckpt.prune(path.parent, self.cfg.trainer.keep_last)
+        self._emit("after_checkpoint", path)
+        return path
+
+    def restore(self, path: Path | None) -> None:
+        if path is None:
+            if self.cfg.resume == "auto" and self.strategy.is_global_zero:
+                log.info("resume=auto: no checkpoint found, starting fresh")
+            return
+        state = self.strategy.load(path)
+        rank, world = self.strategy.rank, self.strategy.world_size
+        if state.get("world_size", world) != world and not self.cfg.resume_weights_only:
+            raise ValueError(
+                f"checkpoint {path} was written at data-parallel size {state['world_size']}, "
+                f"this run has {world}; pass resume_weights_only=true to load only the weights"
+            )
+        self.strategy.unwrap(self.model).load_state_dict(state["model"])
+        if self.cfg.resume_weights_only:
+            log.info("loaded weights from %s (step counter, optimizer and data position start fresh)", path)
+            return
+        for k, o in self.ctx.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.ctx.schedulers.items():
+            if s is not None:
+                s.load_state_dict(state["schedulers"][k])
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.data.load_state_dict(state["data"][rank])
+        self.ctx.global_step, self.bad_total, self.best = state["step"], state["bad_total"], state["best"]
+        ckpt.set_rng_state(state["rng"][rank])
+        if self.strategy.is_global_zero:
+            log.info("resumed from %s at step %d", path, self.ctx.global_step)
+
+    # -------------------------------------------------------------------------- helpers
+    def autocast(self):
+        if self.cfg.trainer.precision == "bf16":
+            return torch.autocast(self.strategy.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def write_logs(self, logger: RunLogger, window: "_Window", losses: dict) -> None:
+        """Window means of the losses and of ``ctx.log`` values, reduced across ranks."""
+        local = {f"train/{k}": (v, "mean") for k, v in window.mean().items()}
+        local.update({f"train/{k}": v for k, v in self.ctx.pop_logs().items()})
+        values = self.reduce_scalars(local)
+        for name, opt in self.ctx.optimizers.items():
+            values[f"lr/{name}"] = opt.param_groups[0]["lr"]
+        rate = window.samples * self.strategy.world_size / window.time if window.time else 0.0
+        values["train/samples_per_s"] = rate
+        logger.write(self.ctx.global_step, values)
+        logger.progress(self.ctx.global_step, values.get("train/loss"), rate)
+        window.reset()
+
+    def reduce_scalars(self, local: dict[str, tuple[float, str]]) -> dict[str, float]:
+        """Reduce named scalars across ranks; ranks may hold different keys (union, NaN = absent)."""
+        if self.strategy.world_size == 1:
+            return {k: v for k, (v, _) in local.items()}
+        keys = sorted({kh for part in self.strategy.all_gather_object(
+            sorted((k, h) for k, (_, h) in local.items())) for kh in part})
+        out = {}
+        for how in ("mean", "sum", "max", "min"):
+            names = [k for k, h in keys if h == how]
+            if not names:
+                continue
+            vals = torch.tensor([local[k][0] if k in local else math.nan for k in names], dtype=torch.float64)
+            present = (~vals.isnan()).double()
+            if how in ("mean", "sum"):
+                total = self.strategy.all_reduce(torch.nan_to_num(vals), "sum")
+                count = self.strategy.all_reduce(present, "sum")
+                vals = total / count.clamp(min=1) if how == "mean" else total
+            else:
+                fill = -math.inf if how == "max" else math.inf
+                vals = self.strategy.all_reduce(torch.where(present.bool(), vals, fill), how)
+            out.update(zip(names, vals.tolist()))
+        return out
+
+    def summary(self, wall: float) -> dict:
+        c = self.cfg
+        return {
+            "algorithm": c.algorithm.name,
+            "dataset": c.data.name,
+            "strategy": c.strategy.name,
+            "world_size": self.strategy.world_size,
+            "steps": self.ctx.global_step,
+            "wall_s": round(wall, 3),
+            "skipped_steps": self.bad_total,
+            "final_metrics": {k: v for k, v in self.final_metrics.items() if math.isfinite(v)},
+        }
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        key = self.cfg.trainer.monitor
+        if not key or key not in metrics or self.run_dir is None:
+            return
+        value, sign = metrics[key], (1 if self.cfg.trainer.monitor_mode == "max" else -1)
+        if self.best is None or sign * value > sign * self.best:
+            self.best = value
+            self.strategy.save(self.state(), self.run_dir / "checkpoints" / "best.pt")
+
+    def _every(self, n: int, fn) -> None:
+        if n and self.ctx.global_step % n == 0 and self.ctx.global_step < self.cfg.trainer.max_steps:
+            fn()
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
+
+
+class _Window:
+    """Loss sums, samples and time since the last log line."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count, self.samples, self.time = 0, 0, 0.0
+
+    def add(self, losses: dict[str, float]) -> None:
+        terms = dict(losses) if len(losses) > 1 else {}
+        terms["loss"] = sum(losses.values())
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+
+    def mean(self) -> dict[str, float]:
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+
+def count_samples(batch: Any) -> int:
+    """Real samples in a batch, a dict of per-domain batches, or a list of them."""
+    if isinstance(batch, dict) and "image" in batch:
+        return int(batch["mask"].sum()) if "mask" in batch else len(batch["image"])
+    if isinstance(batch, dict):
+        return sum(count_samples(v) for v in batch.values() if isinstance(v, (dict, list)))
+    if isinstance(batch, list):
+        return sum(count_samples(v) for v in batch)
+    return 0
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    seed = seed % 2**31
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,52 @@
+"""Shared fixtures: a session data root, and configs composed exactly as the CLI does."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """One prepared-data cache per test session (``MEDLEY_TEST_DATA`` reuses one across sessions)."""
+    root = os.environ.get("MEDLEY_TEST_DATA")
+    return Path(root) if root else tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def compose(data_root, tmp_path):
+    """``compose(*overrides)`` → validated config with a small, fast default setting."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from framework.config import CONFIG_DIR, register_schema, validate
+    from framework.registry import load_plugins
+
+    load_plugins()
+    register_schema()
+
+    def _compose(*overrides: str, small: bool = True):
+        base = [f"paths.data_root={data_root}", f"paths.run_root={tmp_path / 'runs'}", "logger.progress=off",
+                "logger.tensorboard=false"]
+        if small:
+            base += ["data.limit=512", "data.batch_size=32", "data.eval_batch_size=128",
+                     "model.widths=[8,16]", "trainer.max_steps=8", "trainer.log_every=2"]
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose("train", overrides=base + list(overrides))
+        return validate(cfg)
+
+    return _compose
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path = REPO):
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
