@@ -124,3 +124,22 @@ def test_unsupported_strategy_fails_naming_algorithm_and_strategy(compose):
             check_capabilities(cfg)
     finally:
         toys.ToyManual.capabilities = original
+
+
+def test_monitored_metric_keeps_the_best_checkpoint(compose):
+    from pathlib import Path
+
+    seen = []
+
+    class Vals(Hook):
+        def after_eval(self, trainer, split, metrics):
+            if split == "val":
+                seen.append((metrics["val/left/acc"], trainer.ctx.global_step))
+
+    summary = train(compose("trainer.max_steps=6", "trainer.eval_every=2", "optim.lr=0.2",
+                            "trainer.monitor=val/left/acc"), hooks=[Vals()])
+    state = torch.load(Path(summary["run_dir"]) / "checkpoints" / "best.pt", weights_only=True)
+    best_value = max(v for v, _ in seen)
+    first_best_step = next(s for v, s in seen if v == best_value)
+    assert len(seen) == 3
+    assert state["best"] == best_value and state["step"] == first_best_step
