@@ -15,7 +15,7 @@ export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 
-.PHONY: install demo test clean-runs
+.PHONY: install demo test clean-runs data-debs
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/data.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m framework.cli train experiment=demo
 
-test: $(STAMP)
+## Debian-packaged sources (Fashion-MNIST, the OpenCV digit sheet), fetched without root.
+data-debs:
+	scripts/fetch_debs.sh
+
+test: $(STAMP) data-debs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-runs:

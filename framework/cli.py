@@ -9,7 +9,8 @@ USAGE = """usage: medley <command> [args]
 
 commands:
   train [overrides]                 train (Hydra overrides, e.g. algorithm=equal_weight trainer.max_steps=100)
-  prepare NAME [--out DIR] [--limit N] [--min-shards N] [key=value ...]
+  prepare NAME [--out DIR] [--limit N] [--min-shards N] [--src DIR] [--domain NAME]
+               [--preview out.png] [--force] [key=value ...]
                                     write a dataset's shards + manifest.json
   list algorithms|strategies|datasets|matrix
   eval RUN_DIR|CHECKPOINT [--split test] [--out FILE]
@@ -72,40 +73,9 @@ def support_matrix() -> str:
 
 
 def prepare_command(args: list[str]) -> None:
-    import logging
+    from framework.data.cli import prepare_main
 
-    from omegaconf import OmegaConf
-
-    from framework.config import plugin_config
-    from framework.registry import DATASETS, RegistryError
-
-    parser = argparse.ArgumentParser(prog="medley prepare")
-    parser.add_argument("name")
-    parser.add_argument("--out", help="output directory (default: <data_root>/<name>)")
-    parser.add_argument("--limit", type=int, default=None, help="cap samples per split (tests)")
-    parser.add_argument("--min-shards", type=int, default=None)
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--force", action="store_true")
-    ns, extra = parser.parse_known_args(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        DATASETS.get(ns.name)
-    except RegistryError as exc:
-        sys.exit(f"medley prepare: {exc}")
-    node = OmegaConf.from_dotlist([f"name={ns.name}", *extra])
-    if ns.limit is not None:
-        node.limit = ns.limit
-    if ns.min_shards is not None:
-        node.min_shards = ns.min_shards
-    try:
-        cfg = plugin_config(node, DATASETS)
-    except Exception as exc:
-        sys.exit(f"medley prepare: {exc}")
-    from framework.data.module import prepare, prepared_dir
-
-    data_root = ns.data_root or OmegaConf.create({"d": "${oc.env:MEDLEY_DATA,'~/.cache/medley/data'}"}).d
-    out = prepare(cfg, ns.out or prepared_dir(cfg, data_root), force=ns.force)
-    print(out)
+    prepare_main(args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ class DataInfo:
     extra: dict[str, Any] = field(default_factory=dict)  # dataset-specific manifest fields
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> "DataInfo":
+    def from_manifest(cls, manifest: dict) -> DataInfo:
         tasks = manifest["tasks"]
         return cls(
             name=manifest["name"],

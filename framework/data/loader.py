@@ -1,40 +1,44 @@
-"""Streaming shard loader with equal steps per rank and exact resume.
+"""Streaming shard reader: what one DataLoader worker produces, and evaluation streams.
 
-Epoch ``e``'s shard order is a permutation seeded by ``(seed, e)``, identical on every rank;
-shards are dealt to ranks, then to workers. Each worker shuffles its *undecoded* samples in
-a buffer seeded by ``(seed, e, rank, worker)`` and batches them itself (per-sample IPC is
-the slow path). Every batch carries ``(_worker, _count)`` so the trainer can record the data
-position: ``{epoch, consumed: {worker: samples}}``. On resume a worker replays the same
-order and discards its first ``consumed`` samples before decoding anything.
+Epoch ``e`` of a split has one shard order, a permutation seeded by ``(seed, split, e)`` and
+identical on every rank; shards are dealt to ranks, then to *logical* workers
+(``max(num_workers, 1)`` of them). Each logical worker shuffles its *undecoded* samples in a
+buffer seeded by ``(seed, split, e, rank, worker)``, decodes and batches them itself
+(per-sample IPC is the slow path). The position of a worker is the number of raw samples it
+has consumed: on resume it replays the same order and discards that many before decoding
+anything, which is exact even with a shuffle buffer (skipping raw tar members is not).
 
-Equal steps per rank: every rank computes, from the manifest alone, how many full batches
-each rank's workers will produce; the epoch ends for everyone after the minimum over
-ranks. The dropped tail is logged (no collective, no DDP hang on uneven shards).
+Every batch carries ``_worker``, ``_epoch`` and ``_pos`` (each row's raw position in its
+worker's stream) for the main process to keep the position, and ``_errors`` (samples lost to
+``on_error=skip`` since the previous batch). How many rows a worker delivers, and which
+physical DataLoader worker serves which logical worker, is decided in the main process
+(``framework.data.cursor``); this module only follows that plan.
 
-``order="global"``: every rank walks the whole split in one seeded order and takes its
-slice of each global batch, so global batch ``k`` holds the same sample ids at any world
-size (used for DDP/ZeRO parity checks; one worker per rank).
+``order="global"``: every rank and worker walks the whole split in one seeded order; global
+batch ``k`` consists of the stream's samples ``[k·B·world, (k+1)·B·world)``, rank ``r`` takes
+its ``B`` of them and logical worker ``k mod W`` produces it. Global batch ``k`` therefore
+holds the same ids at any world size (DDP/ZeRO parity checks).
 
-Evaluation reads sample ``i`` on rank ``i % world`` and pads the last batches with masked
-rows, so every sample is counted exactly once and every rank runs the same number of batches.
+Evaluation: sample ``i`` of the split (in file order) goes to rank ``i mod world``; the last
+batches are padded with masked rows, and ranks with fewer samples emit fully masked batches,
+so every sample is counted exactly once and every rank runs the same number of batches.
 """
 
 from __future__ import annotations
 
-import logging
 import random
-import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from framework.data.shards import decode_sample, iter_raw_samples
+from framework.data.shards import ShardError, decode_sample, iter_raw_samples
 
-log = logging.getLogger(__name__)
+IGNORE = 255  # value of a dense-map pixel without a label on disk; -1 in batches
 
 
 @dataclass
@@ -50,101 +54,215 @@ class StreamSpec:
     buffer: int = 1000
     order: str = "local"
     on_error: str = "raise"
+    tasks: tuple[str, ...] = ()
+    name: str = "train"  # split name: part of every seed, and of messages
+    attrs: tuple[str, ...] = ()  # per-sample attributes every batch carries (-1 = unknown)
+
+    @property
+    def workers(self) -> int:
+        return max(self.num_workers, 1)
 
 
+@dataclass
+class WorkerPlan:
+    """What each logical worker does this epoch (decided in the main process)."""
+
+    epoch: int
+    skip: list[int]  # raw samples to discard first, per logical worker
+    rows: list[int | None]  # rows to deliver (None: all), per logical worker
+    delivered: list[int]  # rows delivered before (keeps batch boundaries where they were)
+    rotation: int = 0  # physical DataLoader worker i serves logical worker (rotation + i) % W
+    full_batches: bool = False  # drop a short last batch (batch mode: every step has batch_size rows)
+
+
+# ------------------------------------------------------------------------- dealing shards
 def shard_order(spec: StreamSpec, epoch: int) -> list[int]:
     idx = list(range(len(spec.shards)))
     if spec.shuffle:
-        random.Random(spec.seed * 1_000_003 + epoch).shuffle(idx)
+        random.Random(f"{spec.seed}/{spec.name}/{epoch}").shuffle(idx)
     return idx
 
 
 def worker_shards(spec: StreamSpec, epoch: int, rank: int, worker: int) -> list[int]:
-    workers = max(spec.num_workers, 1)
-    return shard_order(spec, epoch)[rank :: spec.world][worker::workers]
+    return shard_order(spec, epoch)[rank :: spec.world][worker :: spec.workers]
 
 
-def batches_per_rank(spec: StreamSpec, epoch: int) -> list[int]:
-    """Full batches each rank's workers produce this epoch (manifest counts only)."""
-    if spec.order == "global":
-        total = sum(s["count"] for s in spec.shards)
-        return [total // (spec.batch_size * spec.world)] * spec.world
-    out = []
-    for rank in range(spec.world):
-        n = 0
-        for w in range(max(spec.num_workers, 1)):
-            n += sum(spec.shards[i]["count"] for i in worker_shards(spec, epoch, rank, w)) // spec.batch_size
-        out.append(n)
+def worker_rows(spec: StreamSpec, epoch: int, rank: int) -> list[int]:
+    """Samples each logical worker of ``rank`` reads this epoch (manifest counts only)."""
+    return [
+        sum(spec.shards[i]["count"] for i in worker_shards(spec, epoch, rank, w)) for w in range(spec.workers)
+    ]
+
+
+def cycle_order(batches: list[int]) -> list[int]:
+    """The worker of each batch when a DataLoader takes workers in turn, skipping exhausted ones."""
+    left, out, w = list(batches), [], 0
+    total = sum(left)
+    while len(out) < total:
+        if left[w] > 0:
+            out.append(w)
+            left[w] -= 1
+        w = (w + 1) % len(left)
     return out
 
 
+def batches_per_rank(spec: StreamSpec, epoch: int) -> list[int]:
+    """Full batches each rank can produce this epoch (manifest counts only)."""
+    if spec.order == "global":
+        total = sum(s["count"] for s in spec.shards)
+        return [total // (spec.batch_size * spec.world)] * spec.world
+    return [sum(r // spec.batch_size for r in worker_rows(spec, epoch, rank)) for rank in range(spec.world)]
+
+
+def batch_quotas(spec: StreamSpec, epoch: int, steps: int) -> list[int]:
+    """Batches each logical worker of this rank delivers so that the rank delivers ``steps``."""
+    if spec.order == "global":
+        return [len(range(w, steps, spec.workers)) for w in range(spec.workers)]
+    full = [r // spec.batch_size for r in worker_rows(spec, epoch, spec.rank)]
+    seq = cycle_order(full)[:steps]
+    return [seq.count(w) for w in range(spec.workers)]
+
+
 def check_enough_shards(spec: StreamSpec) -> None:
-    slots = spec.world * max(spec.num_workers, 1)
+    slots = spec.world * spec.workers
     if spec.order == "local" and len(spec.shards) < slots:
         raise ValueError(
-            f"{len(spec.shards)} shards for {spec.world} ranks x {max(spec.num_workers, 1)} workers: "
-            f"need at least {slots}; re-prepare with --min-shards {slots} or lower data.num_workers"
+            f"split '{spec.name}' has {len(spec.shards)} shards for {spec.world} ranks x {spec.workers} workers: "
+            f"need at least {slots} shards; re-prepare with --min-shards {slots} or lower data.num_workers"
         )
 
 
-class SkipCounter:
-    """Counts samples/shards lost to ``on_error=skip``; warns once per shard."""
+# ------------------------------------------------------------------------------- batches
+def collate(
+    samples: list[dict],
+    tasks: tuple[str, ...] | list[str] = (),
+    pad_to: int | None = None,
+    attrs: tuple[str, ...] | list[str] = (),
+) -> dict[str, Any]:
+    """Samples → a batch of numpy arrays, as compact as the shards (``finalize`` makes tensors).
 
-    def __init__(self):
-        self.samples = 0
-        self.shards: set[str] = set()
-
-
-def collate(samples: list[dict], pad_to: int | None = None) -> dict[str, Any]:
+    Every task in ``tasks`` gets a label row per sample (-1 where a sample is not labelled for
+    it, and on padding rows); dense maps go to ``dense[name]`` (uint8 here, 255 = no label);
+    ``domain``/``source``/``person`` ids and ``attrs`` (every name in ``attrs``, -1 where
+    unknown) become int64 rows. Workers send numpy arrays: pickled through the pipe they cost
+    less than one shared-memory segment per tensor.
+    """
     n = len(samples)
     size = pad_to or n
-    images = np.stack([s["image"] for s in samples])
-    if images.ndim == 3:  # H×W → 1×H×W
-        images = images[:, None]
-    if size > n:
-        images = np.concatenate([images, np.zeros((size - n, *images.shape[1:]), images.dtype)])
-    batch: dict[str, Any] = {"image": torch.from_numpy(images).float().div_(255.0)}
-    tasks = samples[0].get("labels", {}).keys()
-    batch["labels"] = {
-        t: torch.tensor([s["labels"].get(t, -1) for s in samples] + [-1] * (size - n), dtype=torch.long)
-        for t in tasks
+    pad = size - n
+
+    def stack(arrays: list[np.ndarray], fill: int) -> np.ndarray:
+        out = np.stack(arrays)
+        if pad:
+            out = np.concatenate([out, np.full((pad, *out.shape[1:]), fill, out.dtype)])
+        return out
+
+    def ints(values: list[int]) -> np.ndarray:
+        return np.array(values + [-1] * pad, dtype=np.int64)
+
+    images = stack([s["image"] if s["image"].ndim == 3 else s["image"][None] for s in samples], 0)
+    tasks = list(tasks) or sorted({t for s in samples for t in s.get("labels", {})})
+    batch: dict[str, Any] = {"image": images}
+    batch["labels"] = {t: ints([s.get("labels", {}).get(t, -1) for s in samples]) for t in tasks}
+    batch["id"] = ints([s["id"] for s in samples])
+    first = samples[0]
+    dense = {
+        key: stack([s[key] for s in samples], IGNORE)
+        for key, value in first.items()
+        if key != "image" and isinstance(value, np.ndarray)
     }
-    batch["id"] = torch.tensor([s["id"] for s in samples] + [-1] * (size - n), dtype=torch.long)
-    if "mask" in samples[0]:
-        masks = np.stack([s["mask"] for s in samples])
-        if size > n:
-            masks = np.concatenate([masks, np.zeros((size - n, *masks.shape[1:]), masks.dtype)])
-        batch["pixel_mask"] = torch.from_numpy(masks.astype(np.int64))
-    for key in samples[0].keys() - {"image", "labels", "id", "mask"}:
-        value = samples[0][key]
-        if isinstance(value, (int, float)):
-            batch[key] = torch.tensor([s[key] for s in samples] + [0] * (size - n))
-    batch["mask"] = torch.arange(size) < n
+    if dense:
+        batch["dense"] = dense
+    for key in ("domain", "source", "person"):
+        if key in first:
+            batch[key] = ints([s.get(key, -1) for s in samples])
+    if "attrs" in first:
+        names = list(attrs) or sorted({k for s in samples for k in s.get("attrs", {})})
+        batch["attrs"] = {k: ints([s.get("attrs", {}).get(k, -1) for s in samples]) for k in names}
+    batch["mask"] = np.arange(size) < n
     return batch
 
 
+def to_tensors(batch: Any) -> Any:
+    """numpy arrays → tensors (nested dicts too; other values unchanged)."""
+    if isinstance(batch, np.ndarray):
+        return torch.from_numpy(batch)
+    if isinstance(batch, dict):
+        return {k: to_tensors(v) for k, v in batch.items()}
+    return batch
+
+
+def finalize(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch the trainer sees: tensors, images float in [0, 1], dense maps int64 with -1
+    for unlabelled pixels (and ``pixel_mask``, the engine's name for ``dense["seg"]``).
+    Done in the main process, after the IPC hop: uint8 crosses it, 4-8x fewer bytes."""
+    batch = to_tensors(batch)
+    if batch["image"].dtype == torch.uint8:
+        batch["image"] = batch["image"].float().div_(255.0)
+    dense = batch.get("dense")
+    if dense:
+        for key, maps in dense.items():
+            if maps.dtype == torch.uint8:
+                dense[key] = maps.long().masked_fill_(maps == IGNORE, -1)
+        if "seg" in dense:
+            batch["pixel_mask"] = dense["seg"]
+    return batch
+
+
+def concat_batches(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Row-wise concatenation of collated batches with the same keys (nested dicts included)."""
+    out: dict[str, Any] = {}
+    for key, value in parts[0].items():
+        if isinstance(value, torch.Tensor):
+            out[key] = torch.cat([p[key] for p in parts])
+        elif isinstance(value, dict):
+            out[key] = concat_batches([p[key] for p in parts])
+    return out
+
+
+def take_rows(batch: dict[str, Any], rows: slice | torch.Tensor) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value[rows]
+        elif isinstance(value, dict):
+            out[key] = take_rows(value, rows)
+    return out
+
+
+# ---------------------------------------------------------------------------- the stream
+def read_shard(spec: StreamSpec, i: int, errors: list | None) -> Iterator[dict]:
+    """Raw samples of shard ``i`` with ``on_error`` applied: raise naming the shard, or
+    record ``(file, samples lost, reason)`` in ``errors`` and stop reading this shard."""
+    shard = spec.shards[i]
+    try:
+        for raw in iter_raw_samples(spec.root / shard["file"], expected=shard["count"]):
+            raw["__shard__"] = i
+            yield raw
+    except ShardError as exc:
+        if spec.on_error == "raise" or errors is None:
+            raise
+        errors.append((shard["file"], max(shard["count"] - exc.good, 0), exc.detail))
+
+
+def decode_or_report(spec: StreamSpec, raw: dict, errors: list | None) -> dict | None:
+    try:
+        return decode_sample(raw)
+    except Exception as exc:
+        file = spec.shards[raw["__shard__"]]["file"]
+        detail = f"sample {raw['__key__']} cannot be decoded: {type(exc).__name__}: {exc}"
+        if spec.on_error == "raise" or errors is None:
+            raise ShardError(spec.root / file, 0, detail) from exc
+        errors.append((file, 1, detail))
+        return None
+
+
 class ShardStream(IterableDataset):
-    """One epoch of training batches for one rank (see module docstring)."""
+    """The batches of one epoch for one rank, following a ``WorkerPlan`` (see module docstring)."""
 
     def __init__(self, spec: StreamSpec, collate_fn: Callable = collate):
         self.spec, self.collate_fn = spec, collate_fn
-        self.epoch, self.skip = 0, {}
-        self.skipped = SkipCounter()
-
-    def set_position(self, epoch: int, consumed: dict[int, int] | None = None) -> None:
-        self.epoch, self.skip = epoch, dict(consumed or {})
-
-    def _raw(self, files: list[int]) -> Iterator[dict]:
-        for i in files:
-            path = self.spec.root / self.spec.shards[i]["file"]
-            try:
-                yield from iter_raw_samples(path)
-            except Exception as exc:
-                if self.spec.on_error == "raise":
-                    raise type(exc)(f"shard {path}: {exc}") from exc
-                if str(path) not in self.skipped.shards:
-                    warnings.warn(f"skipping the rest of shard {path}: {exc!r}", stacklevel=2)
-                self.skipped.shards.add(str(path))
+        self.plan = WorkerPlan(0, [0] * spec.workers, [None] * spec.workers, [0] * spec.workers)
 
     def _shuffled(self, raw: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         if not self.spec.shuffle:
@@ -161,48 +279,70 @@ class ShardStream(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
+    def raw_stream(self, epoch: int, worker: int, errors: list) -> Iterator[tuple[int, dict]]:
+        """(position, raw sample) pairs this logical worker may deliver, in stream order."""
+        spec = self.spec
+        if spec.order == "global":
+            rng = random.Random(f"{spec.seed}/{spec.name}/{epoch}/global")
+            files = shard_order(spec, epoch)
+            per_global = spec.batch_size * spec.world
+            lo, hi = spec.rank * spec.batch_size, (spec.rank + 1) * spec.batch_size
+        else:
+            rng = random.Random(f"{spec.seed}/{spec.name}/{epoch}/{spec.rank}/{worker}")
+            files = worker_shards(spec, epoch, spec.rank, worker)
+        raw = (r for i in files for r in read_shard(spec, i, errors))
+        for pos, sample in enumerate(self._shuffled(raw, rng)):
+            if spec.order == "global":
+                k, slot = divmod(pos, per_global)
+                if k % spec.workers != worker or not lo <= slot < hi:
+                    continue
+            yield pos, sample
+
+    def worker_batches(self, worker: int, plan: WorkerPlan) -> Iterator[dict]:
+        spec, bs = self.spec, self.spec.batch_size
+        skip, limit, before = plan.skip[worker], plan.rows[worker], plan.delivered[worker]
+        if limit is not None and limit <= 0:
+            return
+        errors: list = []
+        rows, positions = [], []
+
+        def emit() -> dict:
+            batch = self.collate_fn(rows, spec.tasks, attrs=spec.attrs)
+            batch.update(_worker=worker, _epoch=plan.epoch, _pos=list(positions), _errors=list(errors))
+            rows.clear(), positions.clear(), errors.clear()
+            return batch
+
+        emitted = 0
+        for pos, raw in self.raw_stream(plan.epoch, worker, errors):
+            if pos < skip:
+                continue
+            sample = decode_or_report(spec, raw, errors)
+            if sample is None:
+                continue
+            rows.append(sample)
+            positions.append(pos)
+            emitted += 1
+            if (before + emitted) % bs == 0:
+                yield emit()
+            if limit is not None and emitted >= limit:
+                break
+        if rows and not plan.full_batches:
+            yield emit()
+        if errors:
+            yield {"_report": True, "_worker": worker, "_epoch": plan.epoch, "_errors": list(errors)}
+
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
-        spec, epoch = self.spec, self.epoch
-        if spec.order == "global":
-            yield from self._iter_global(worker)
-            return
-        rng = random.Random(hash((spec.seed, epoch, spec.rank, worker)))
-        stream = self._shuffled(self._raw(worker_shards(spec, epoch, spec.rank, worker)), rng)
-        skip = self.skip.get(worker, 0)
-        pending: list[dict] = []
-        for i, raw in enumerate(stream):
-            if i < skip:
-                continue
-            pending.append(decode_sample(raw))
-            if len(pending) == spec.batch_size:
-                yield {**self.collate_fn(pending), "_worker": worker, "_count": len(pending)}
-                pending = []
-
-    def _iter_global(self, worker: int) -> Iterator[dict]:
-        spec = self.spec
-        rng = random.Random(hash((spec.seed, self.epoch)))
-        stream = self._shuffled(self._raw(shard_order(spec, self.epoch)), rng)
-        per_global = spec.batch_size * spec.world
-        lo, hi = spec.rank * spec.batch_size, (spec.rank + 1) * spec.batch_size
-        skip = self.skip.get(worker, 0) * spec.world  # consumed counts this rank's samples only
-        pending: list[dict] = []
-        for i, raw in enumerate(stream):
-            if i < skip:
-                continue
-            if lo <= i % per_global < hi:
-                pending.append(decode_sample(raw))
-            if len(pending) == spec.batch_size:
-                yield {**self.collate_fn(pending), "_worker": worker, "_count": len(pending)}
-                pending = []
+        physical = info.id if info is not None else 0
+        yield from self.worker_batches((self.plan.rotation + physical) % self.spec.workers, self.plan)
 
 
+# ---------------------------------------------------------------------------- evaluation
 class EvalStream(IterableDataset):
     """Sample ``i`` goes to rank ``i % world``; batches padded (``mask``) to equal counts per rank."""
 
-    def __init__(self, spec: StreamSpec, collate_fn: Callable = collate):
-        self.spec, self.collate_fn = spec, collate_fn
+    def __init__(self, spec: StreamSpec, collate_fn: Callable = collate, on_errors: Callable | None = None):
+        self.spec, self.collate_fn, self.on_errors = spec, collate_fn, on_errors
 
     def num_batches(self) -> int:
         total = sum(s["count"] for s in self.spec.shards)
@@ -211,21 +351,36 @@ class EvalStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         spec = self.spec
-        pending, produced = [], 0
-        for i, raw in enumerate(r for s in spec.shards for r in iter_raw_samples(spec.root / s["file"])):
+        errors: list = []
+        pending, produced, template = [], 0, None
+        raw = (r for i in range(len(spec.shards)) for r in read_shard(spec, i, errors))
+        for i, sample in enumerate(raw):
             if i % spec.world != spec.rank:
+                if template is None:
+                    template = decode_or_report(spec, sample, None if spec.on_error == "raise" else [])
                 continue
-            pending.append(decode_sample(raw))
+            decoded = decode_or_report(spec, sample, errors)
+            if decoded is None:
+                continue
+            pending.append(decoded)
+            template = template or decoded
             if len(pending) == spec.batch_size:
-                yield self.collate_fn(pending)
+                yield finalize(self.collate_fn(pending, spec.tasks, attrs=spec.attrs))
                 pending, produced = [], produced + 1
         if pending:
-            yield self.collate_fn(pending, pad_to=spec.batch_size)
+            yield finalize(self.collate_fn(pending, spec.tasks, pad_to=spec.batch_size, attrs=spec.attrs))
             produced += 1
-        template = None
+        if errors and self.on_errors is not None:
+            self.on_errors(errors)
         while produced < self.num_batches():  # ranks with fewer samples emit fully masked batches
-            template = template or self.collate_fn([decode_sample(next(iter_raw_samples(spec.root / spec.shards[0]["file"])))], pad_to=spec.batch_size)
-            yield {**template, "mask": torch.zeros(spec.batch_size, dtype=torch.bool)}
+            if template is None:
+                raise RuntimeError(f"split '{spec.name}': rank {spec.rank} read no sample to pad with")
+            filler = finalize(
+                self.collate_fn([template], spec.tasks, pad_to=spec.batch_size, attrs=spec.attrs)
+            )
+            filler["mask"][:] = False
+            filler["id"][:] = -1
+            yield filler
             produced += 1
 
 
@@ -235,11 +390,16 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def _as_is(item: Any) -> Any:
+    return item
+
+
 def make_loader(dataset: IterableDataset, num_workers: int, seed: int) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=None,
+        collate_fn=_as_is,  # keep numpy arrays: the default would make tensors in the worker
         num_workers=num_workers,
         worker_init_fn=_seed_worker,
         generator=gen,

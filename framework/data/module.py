@@ -1,4 +1,17 @@
-"""From a data config to prepared shards and loaders for one rank."""
+"""From a data config to prepared shards and the loaders of one rank.
+
+``DataModule(cfg, data_root, seed, rank, world)`` prepares the dataset on first use (under a
+file lock), verifies the shards it will read against the manifest and builds one of three
+training streams, chosen by the manifest and the config:
+
+* a single split ``train`` (``SourceCursor`` in batch mode: equal steps per rank, exact resume);
+* a weighted mixture of the manifest's ``sources`` (``MixedStream``), optionally restricted
+  per phase with ``data.phase_sources``;
+* ``data.episodic=true``: per step ``{domain: P×K batch}`` (``EpisodeSampler``).
+
+Named auxiliary streams (``data.aux``) are exposed through ``aux_iterators()``; the trainer
+offers them to algorithms as ``ctx.aux(name)``. Batch formats: ``framework/data/README.md``.
+"""
 
 from __future__ import annotations
 
@@ -8,37 +21,55 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from filelock import FileLock
 
 from framework.config import DataConfig
+from framework.data.cursor import SkipStats, SourceCursor
+from framework.data.episodic import BalancedSampler, EpisodeSampler, IndexedSplit
 from framework.data.info import DataInfo
-from framework.data.loader import (
-    EvalStream,
-    ShardStream,
-    StreamSpec,
-    batches_per_rank,
-    check_enough_shards,
-    make_loader,
-)
+from framework.data.loader import EvalStream, StreamSpec, check_enough_shards, make_loader
+from framework.data.mixing import MixedStream, RowBuffer
 from framework.data.shards import MANIFEST, read_manifest, verify_shards
 from framework.registry import DATASETS
 
 log = logging.getLogger(__name__)
 
-_LOADER_KEYS = {f.name for f in dataclasses.fields(DataConfig)} - {"name", "limit"}
+#: keys that only change how prepared shards are read; every other key selects the prepared copy
+LOADER_KEYS = ({f.name for f in dataclasses.fields(DataConfig)} - {"name", "limit"}) | {
+    "verify",
+    "mix_weights",
+    "mix_unit",
+    "train_sources",
+    "phase_sources",
+    "episodic",
+    "episode_p",
+    "episode_k",
+    "episode_group",
+    "holdout_domain",
+    "aux",
+}
+_CHOICES = {
+    "verify": ("sha256", "size", "none"),
+    "mix_unit": ("batch", "sample"),
+    "order": ("local", "global"),
+    "on_error": ("raise", "skip"),
+}
+
+
+def prepare_keys(cfg: Any) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in LOADER_KEYS and k != "name"}
 
 
 def prepared_dir(cfg: Any, data_root: str | Path) -> Path:
     """``<data_root>/<name>`` for the default construction, else ``<name>-<hash of its prepare keys>``."""
-    keys = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _LOADER_KEYS and k != "name"}
-    defaults = {
-        k: v for k, v in dataclasses.asdict(type(cfg)()).items() if k not in _LOADER_KEYS and k != "name"
-    }
+    keys = prepare_keys(cfg)
     root = Path(data_root).expanduser()
-    if keys == defaults:
+    if keys == prepare_keys(type(cfg)()):
         return root / cfg.name
     digest = hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return root / f"{cfg.name}-{digest}"
@@ -56,6 +87,9 @@ def prepare(cfg: Any, out_dir: Path, force: bool = False) -> Path:
         t0 = time.time()
         log.info("preparing dataset %s into %s", cfg.name, out_dir)
         DATASETS.get(cfg.name).load()(cfg, tmp, limit=cfg.limit)
+        manifest = read_manifest(tmp)
+        manifest["prepare"] = {"keys": prepare_keys(cfg), "seconds": round(time.time() - t0, 1)}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
         log.info("prepared %s in %.1f s", cfg.name, time.time() - t0)
@@ -63,21 +97,72 @@ def prepare(cfg: Any, out_dir: Path, force: bool = False) -> Path:
 
 
 class DataModule:
-    """Train and eval loaders of one rank; the data position is part of the checkpoint."""
+    """Train, auxiliary and eval loaders of one rank; the data position is part of the checkpoint."""
 
     def __init__(self, cfg: Any, data_root: str | Path, seed: int, rank: int = 0, world: int = 1):
         self.cfg, self.seed, self.rank, self.world = cfg, seed, rank, world
+        for key, allowed in _CHOICES.items():
+            if getattr(cfg, key, allowed[0]) not in allowed:
+                raise ValueError(f"data.{key}: '{getattr(cfg, key)}' is not one of {', '.join(allowed)}")
         self.root = prepare(cfg, prepared_dir(cfg, data_root))
         self.manifest = read_manifest(self.root)
-        verify_shards(self.root, self.manifest, "train")
+        self.tasks = tuple(self.manifest["tasks"])
+        self.attrs = tuple(self.manifest.get("extra", {}).get("attributes", {}))
+        self.skipped = SkipStats()
         self.info = DataInfo.from_manifest(self.manifest)
-        self.train = ShardStream(self.spec("train", cfg.batch_size, shuffle=True))
-        check_enough_shards(self.train.spec)
-        self.epoch, self.consumed = 0, {}
+        self.sources = self._training_sources()
+        self.info.extra["train_sources"] = list(self.sources)
+        self._verify(*[s for s in self.sources.values()])
+        self.cursor: SourceCursor | None = None
+        self.mixed: MixedStream | None = None
+        self.episodes: EpisodeSampler | None = None
+        if self._opt("episodic", False):
+            self._build_episodes()
+        elif list(self.sources) == ["train"] and "sources" not in self.manifest:
+            spec = self.spec("train", cfg.batch_size, shuffle=True)
+            check_enough_shards(spec)
+            self.cursor = SourceCursor(spec, "batches", self.skipped, self._loader_seed())
+        else:
+            self._build_mixture()
+        self.aux: dict[str, BalancedSampler] = {}
+        for name, aux_cfg in (self._opt("aux", {}) or {}).items():
+            self._build_aux(name, dict(aux_cfg))
+        self._load_side_files()
+
+    # ------------------------------------------------------------------------- helpers
+    def _opt(self, key: str, default: Any) -> Any:
+        return getattr(self.cfg, key, default)
+
+    def _loader_seed(self) -> int:
+        return self.seed * 1_000_003 + self.rank
+
+    def _verify(self, *splits: str) -> None:
+        for split in splits:
+            verify_shards(self.root, self.manifest, split, self._opt("verify", "sha256"))
+
+    def _training_sources(self) -> dict[str, str]:
+        """Source name → split; leaves out ``data.holdout_domain`` and unselected sources."""
+        declared = {n: s["split"] for n, s in self.manifest.get("sources", {}).items()} or {"train": "train"}
+        chosen = list(self._opt("train_sources", []) or declared)
+        unknown = [n for n in chosen if n not in declared]
+        if unknown:
+            raise ValueError(
+                f"data.train_sources: unknown source(s) {unknown}; {self.cfg.name} has {list(declared)}"
+            )
+        holdout = self._opt("holdout_domain", "")
+        if holdout:
+            if holdout not in declared:
+                raise ValueError(
+                    f"data.holdout_domain: '{holdout}' is not a domain of {self.cfg.name} ({list(declared)})"
+                )
+            chosen = [n for n in chosen if n != holdout]
+        return {n: declared[n] for n in chosen}
 
     def spec(self, split: str, batch_size: int, shuffle: bool) -> StreamSpec:
         if split not in self.manifest["splits"]:
-            raise KeyError(f"split '{split}' not in {self.root / MANIFEST} (has {list(self.manifest['splits'])})")
+            raise KeyError(
+                f"split '{split}' not in {self.root / MANIFEST} (has {list(self.manifest['splits'])})"
+            )
         c = self.cfg
         return StreamSpec(
             root=self.root,
@@ -86,53 +171,160 @@ class DataModule:
             seed=self.seed,
             rank=self.rank,
             world=self.world,
-            num_workers=c.num_workers if split == "train" else 0,
+            num_workers=c.num_workers if shuffle else 0,
             shuffle=shuffle,
             buffer=c.shuffle_buffer,
-            order=c.order if split == "train" else "local",
+            order=c.order if shuffle else "local",
             on_error=c.on_error,
+            tasks=self.tasks,
+            name=split,
+            attrs=self.attrs,
         )
 
-    # --- training stream -------------------------------------------------------------------
-    def steps_in_epoch(self, epoch: int) -> int:
-        per_rank = batches_per_rank(self.train.spec, epoch)
-        steps = min(per_rank)
-        total = sum(s["count"] for s in self.train.spec.shards)
-        dropped = total - steps * self.cfg.batch_size * self.world
-        if self.rank == 0 and epoch == 0:
+    def _build_mixture(self) -> None:
+        if self.cfg.order == "global":
+            raise ValueError("data.order=global needs a single training split; this dataset mixes sources")
+        buffers = {}
+        for name, split in self.sources.items():
+            spec = self.spec(split, self.cfg.batch_size, shuffle=True)
+            check_enough_shards(spec)
+            buffers[name] = RowBuffer(
+                SourceCursor(spec, "rows", self.skipped, self._loader_seed() + len(buffers))
+            )
+        counts = {n: self.manifest["splits"][s]["count"] for n, s in self.sources.items()}
+        weights = dict(self._opt("mix_weights", {}) or {})
+        unknown = [n for n in weights if n not in counts]
+        if unknown:
+            raise ValueError(f"data.mix_weights: unknown source(s) {unknown} (sources: {list(counts)})")
+        weights = {n: float(weights.get(n, counts[n] if not weights else 0.0)) for n in counts}
+        if sum(weights.values()) <= 0:
+            raise ValueError(f"data.mix_weights: all zero for the sources {list(counts)}")
+        self.mixed = MixedStream(
+            buffers, weights, self.cfg.batch_size, self._opt("mix_unit", "sample"), self.seed
+        )
+        self.mixed.set_active([n for n in weights if weights[n] > 0])
+        if self.rank == 0:
+            total = sum(weights.values())
             log.info(
-                "epoch = %d batches per rank (min over ranks of %s); %d of %d samples dropped per epoch",
-                steps, per_rank, dropped, total,
+                "mixing %s (unit %s)",
+                ", ".join(f"{n} {w / total:.2f}" for n, w in weights.items()),
+                self.mixed.unit,
             )
-        if steps == 0:
-            raise ValueError(
-                f"data.batch_size={self.cfg.batch_size} leaves no full batch per rank "
-                f"({total} samples, {self.world} ranks, {max(self.cfg.num_workers, 1)} workers)"
-            )
-        return steps
 
-    def epoch_batches(self):
-        """Yield the current epoch's batches from the recorded position; advances the epoch at its end."""
-        while True:
-            self.train.set_position(self.epoch, self.consumed)
-            n = self.steps_in_epoch(self.epoch) - sum(self.consumed.values()) // self.cfg.batch_size
-            loader = make_loader(self.train, self.cfg.num_workers, self.seed + 7919 * self.epoch + self.rank)
-            it = iter(loader)
-            for _ in range(n):
-                batch = next(it)
-                w = batch.pop("_worker")
-                self.consumed[w] = self.consumed.get(w, 0) + batch.pop("_count")
-                yield batch
-            del it, loader
-            self.epoch, self.consumed = self.epoch + 1, {}
+    def _build_episodes(self) -> None:
+        group = self._opt("episode_group", "") or self.manifest.get("episodes", {}).get("group", "")
+        if not group:
+            raise ValueError(
+                f"data.episodic: set data.episode_group (a task of {self.cfg.name}: {list(self.tasks)})"
+            )
+        splits = {
+            n: IndexedSplit(self.root, s, self.manifest["splits"][s], self.tasks, self.attrs)
+            for n, s in self.sources.items()
+        }
+        self.episodes = EpisodeSampler(
+            splits,
+            group,
+            self._opt("episode_p", 8),
+            self._opt("episode_k", 4),
+            self.seed,
+            self.rank,
+            self.world,
+        )
+        if self.rank == 0:
+            log.info(
+                "episodes: %d groups (%s) x %d samples per domain over %s; %s",
+                self.episodes.p,
+                group,
+                self.episodes.k,
+                list(splits),
+                self.episodes.info,
+            )
+
+    def _build_aux(self, name: str, aux_cfg: dict) -> None:
+        split = aux_cfg.get("split", name)
+        if split not in self.manifest["splits"]:
+            raise ValueError(f"data.aux.{name}.split: '{split}' not in {list(self.manifest['splits'])}")
+        self._verify(split)
+        indexed = IndexedSplit(self.root, split, self.manifest["splits"][split], self.tasks, self.attrs)
+        self.aux[name] = BalancedSampler(
+            indexed,
+            int(aux_cfg.get("batch_size", self.cfg.batch_size)),
+            str(aux_cfg.get("balance", "")),
+            self.seed,
+            self.rank,
+            name,
+        )
+
+    def _load_side_files(self) -> None:
+        pairs = self.manifest.get("extra", {}).get("pairs_file")
+        if pairs:
+            self.info.extra["pairs"] = json.loads((self.root / pairs).read_text())
+        holdout = self._opt("holdout_domain", "")
+        if holdout:
+            self.info.extra["holdout_domain"] = holdout
+
+    # --------------------------------------------------------------------- training stream
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Batches every rank runs in ``epoch`` (single-split datasets)."""
+        if self.cursor is None:
+            raise ValueError(f"{self.cfg.name}: epochs are per source when sources are mixed or episodic")
+        return self.cursor.steps_in_epoch(epoch)
+
+    def epoch_batches(self) -> Iterator[dict]:
+        """Infinite stream of training batches from the recorded position (epoch after epoch)."""
+        if self.episodes is not None:
+            return iter(self.episodes)
+        if self.mixed is not None:
+            return iter(self.mixed)
+        return self.cursor.batches()
+
+    def set_phase(self, phase: str) -> None:
+        """Restrict mixing to ``data.phase_sources[phase]`` (e.g. one domain per phase)."""
+        sources = (self._opt("phase_sources", {}) or {}).get(phase)
+        if sources is None:
+            return
+        if self.mixed is None:
+            raise ValueError("data.phase_sources needs a dataset with several training sources")
+        self.mixed.set_active(list(sources))
+
+    def aux_iterators(self) -> dict[str, Iterator[dict]]:
+        """Named auxiliary streams (``data.aux``), e.g. a balanced meta set: ``ctx.aux(name)``."""
+        return dict(self.aux)
+
+    def verification_pairs(self, split: str, domain: str) -> torch.Tensor:
+        """``[N, 3]`` (id_a, id_b, same) of ``split`` rows of ``domain`` (face datasets)."""
+        pairs = self.info.extra.get("pairs", {})
+        if split not in pairs or domain not in pairs[split]:
+            raise KeyError(f"no verification pairs for split '{split}', domain '{domain}' in {self.cfg.name}")
+        return torch.tensor(pairs[split][domain], dtype=torch.long).reshape(-1, 3)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": {int(k): int(v) for k, v in self.consumed.items()}}
+        state: dict[str, Any] = {"aux": {n: a.state_dict() for n, a in self.aux.items()}}
+        if self.cursor is not None:
+            state["train"] = self.cursor.state_dict()
+            state["epoch"] = self.cursor.epoch
+        if self.mixed is not None:
+            state["mixed"] = self.mixed.state_dict()
+        if self.episodes is not None:
+            state["episodes"] = self.episodes.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
-        self.consumed = {int(k): int(v) for k, v in state["consumed"].items()}
+        if self.cursor is not None:
+            self.cursor.load_state_dict(state["train"])
+        if self.mixed is not None:
+            self.mixed.load_state_dict(state["mixed"])
+        if self.episodes is not None:
+            self.episodes.load_state_dict(state["episodes"])
+        for name, s in state.get("aux", {}).items():
+            if name in self.aux:
+                self.aux[name].load_state_dict(s)
 
-    # --- evaluation ------------------------------------------------------------------------
+    # -------------------------------------------------------------------------- evaluation
     def eval_loader(self, split: str):
-        return make_loader(EvalStream(self.spec(split, self.cfg.eval_batch_size, shuffle=False)), 0, self.seed)
+        """Every sample of ``split`` exactly once across ranks; padding rows have ``mask=False``."""
+        self._verify(split)
+        stream = EvalStream(
+            self.spec(split, self.cfg.eval_batch_size, shuffle=False), on_errors=self.skipped.add
+        )
+        return make_loader(stream, 0, self.seed)
