@@ -2,6 +2,9 @@
 
 A checkpoint is a plain dict of state_dicts (model, optimizers, schedulers, algorithm
 state, data position and RNG per rank), loadable with ``torch.load(weights_only=True)``.
+A sharding strategy (DeepSpeed) also writes a directory ``step-XXXXXXXX.ds/`` of per-rank
+shards; its ``.pt`` file is then the pointer that makes the checkpoint visible, and it goes
+when the pointer goes.
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ def latest(ckpt_dir: Path) -> Path | None:
 
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` checkpoints; drop shard directories nothing points to."""
     for old in list_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
+    if not ckpt_dir.is_dir():
+        return
+    for shards in ckpt_dir.glob("*.ds"):
+        if shards.is_dir() and not shards.with_suffix(".pt").exists():
+            shutil.rmtree(shards, ignore_errors=True)
 
 
 def resolve_resume(resume: str | None, run_dir: Path | None) -> Path | None:

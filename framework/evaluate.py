@@ -51,7 +51,7 @@ def evaluate_checkpoint(target: str, splits: list[str], overrides: list[str] | N
     algorithm = ALGORITHMS.get(cfg.algorithm.name).load()(plugin_config(cfg.algorithm, ALGORITHMS), cfg)
     trainer = Trainer(cfg, strategy, algorithm, data, run_dir=None)
     state = strategy.load(ckpt)
-    strategy.unwrap(trainer.model).load_state_dict(state["model"])
+    strategy.load_weights(trainer.model, state["model"])
     algorithm.load_state_dict(state.get("algorithm", {}))
     trainer.ctx.global_step = state.get("step", 0)
     results: dict[str, float] = {}

@@ -26,7 +26,8 @@ def setup_logging(rank: int) -> None:
 
 
 def check_capabilities(cfg: DictConfig) -> None:
-    """Fail before any process group starts when the algorithm does not support the setup."""
+    """Fail before any process group starts when the algorithm does not support the setup,
+    or when the launcher's settings disagree with the config (``strategies/launch.py``)."""
     algo_cls = ALGORITHMS.get(cfg.algorithm.name).load()
     caps = algo_cls.capabilities
     name = cfg.algorithm.name
@@ -40,13 +41,24 @@ def check_capabilities(cfg: DictConfig) -> None:
             f"trainer.precision: algorithm '{name}' does not support precision '{cfg.trainer.precision}' "
             f"(supported: {', '.join(caps.precisions)})"
         )
-    if cfg.trainer.accumulate_grad_batches > 1 and not caps.accumulation and not caps.manual_optimization:
+    if cfg.trainer.accumulate_grad_batches > 1 and not caps.accumulation:
         raise ConfigError(f"trainer.accumulate_grad_batches: algorithm '{name}' does not support accumulation")
+    from framework.strategies.launch import check_launch
+
+    check_launch(cfg)
 
 
-def config_hash(cfg: DictConfig) -> str:
-    blob = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
+def config_hash(cfg: Any) -> str:
+    blob = json.dumps(cfg if isinstance(cfg, dict) else hashed_config(cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def hashed_config(cfg: DictConfig) -> dict:
+    """The resolved config every rank must agree on. ``paths.data_root`` may differ: nodes may keep
+    their prepared data on local disks (it is checked by the shard manifest's sha256 instead)."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    out.get("paths", {}).pop("data_root", None)
+    return out
 
 
 def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
@@ -60,16 +72,22 @@ def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
 
 
 def check_same_config(cfg: DictConfig, strategy: Any) -> None:
-    """Every rank composed its own config; prove they agree (names the first differing key)."""
+    """Every rank composed its own config; prove they agree. Ranks exchange a hash; only when the
+    hashes differ do they exchange whole configs, to name the first differing key."""
     if strategy.world_size == 1:
         return
-    mine = OmegaConf.to_container(cfg, resolve=True)
-    mine.get("paths", {}).pop("run_dir", None)
+    mine = hashed_config(cfg)
+    hashes = strategy.all_gather_object(config_hash(mine))
+    if len(set(hashes)) == 1:
+        return
     everyone = strategy.all_gather_object(mine)
     for rank, other in enumerate(everyone):
         diff = first_difference(everyone[0], other)
         if diff:
-            raise ConfigError(f"{diff}: rank {rank} composed a different value than rank 0 (same arguments on every rank?)")
+            raise ConfigError(
+                f"{diff}: rank {rank} composed {OmegaConf.select(OmegaConf.create(other), diff)!r}, rank 0 "
+                f"{OmegaConf.select(OmegaConf.create(everyone[0]), diff)!r} (launch every rank with the same arguments)"
+            )
 
 
 def resolve_run_dir(cfg: DictConfig, strategy: Any) -> Path:
@@ -100,7 +118,10 @@ def resolve_run_dir(cfg: DictConfig, strategy: Any) -> Path:
 
 
 def build_strategy(cfg: DictConfig) -> Any:
-    return STRATEGIES.get(cfg.strategy.name).load()(plugin_config(cfg.strategy, STRATEGIES))
+    """The strategy named by ``strategy.name``; a distributed one starts (or joins) the process group."""
+    caps = ALGORITHMS.get(cfg.algorithm.name).load().capabilities
+    strategy_cls = STRATEGIES.get(cfg.strategy.name).load()
+    return strategy_cls(plugin_config(cfg.strategy, STRATEGIES), capabilities=caps, run_config=cfg)
 
 
 def train(cfg: DictConfig, hooks: list | None = None, strategy: Any = None) -> dict:

@@ -36,6 +36,7 @@ class Trainer:
         self.aux_iterators: dict[str, Any] = getattr(data, "aux_iterators", dict)()
         self.bad_steps = self.bad_total = 0
         self.best: float | None = None
+        self.resumed_from: int | None = None  # step of the checkpoint this run continued from
         self.final_metrics: dict[str, float] = {}
 
         torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
@@ -54,7 +55,8 @@ class Trainer:
         cfg, ctx = self.cfg.trainer, self.ctx
         seed_everything(cfg.seed * 1000 + self.strategy.rank)  # per-rank randomness (dropout, ...)
         self.restore(ckpt.resolve_resume(self.cfg.resume, self.run_dir))  # restores RNG when resuming
-        logger = RunLogger(self.run_dir if self.strategy.is_global_zero else None, self.cfg, cfg.max_steps, ctx.global_step)
+        logger = RunLogger(self.run_dir if self.strategy.is_global_zero else None, self.cfg, cfg.max_steps,
+                           ctx.global_step)
         batches = self.data.epoch_batches()
         self._emit("before_fit")
         t_start = time.time()
@@ -66,6 +68,7 @@ class Trainer:
             if ctx.global_step >= phase_end:
                 continue
             ctx.phase = phase
+            getattr(self.data, "set_phase", lambda _: None)(phase)  # e.g. one domain per phase
             self.algorithm.on_phase_start(phase, self.model, ctx)
             self._emit("before_phase", phase)
             while ctx.global_step < phase_end:
@@ -79,7 +82,7 @@ class Trainer:
 
         wall = time.time() - t_start
         self.save_checkpoint()  # saved before the final evaluation: a crash in eval must not lose it
-        for split in dict.fromkeys([cfg.eval_split, "test"]):
+        for split in dict.fromkeys([cfg.eval_split, "test", *self.cfg.data.get("eval_splits", [])]):
             if split in self.data.manifest["splits"]:
                 self.final_metrics.update(self.evaluate(split))
         logger.write(ctx.global_step, self.final_metrics)
@@ -88,7 +91,7 @@ class Trainer:
         self._emit("after_fit", summary)
         return summary
 
-    def train_step(self, batches, window: "_Window") -> dict[str, float]:
+    def train_step(self, batches, window: _Window) -> dict[str, float]:
         """One optimizer step: ``accum`` micro-batches, a finite check, then the step."""
         ctx, alg = self.ctx, self.algorithm
         self.model.train()
@@ -98,17 +101,17 @@ class Trainer:
         for ctx.micro in range(self.accum):
             batch = to_device(next(batches), self.strategy.device)
             window.samples += count_samples(batch)
-            sync = contextlib.nullcontext() if self.manual else ctx.no_sync()
-            with sync, self.autocast():
-                losses = alg.training_step(self.model, batch, ctx)
-            if not self.manual:
-                ok, name = ctx.all_finite(losses)
-                if not ok:
-                    self.mark_bad(name)
-                self._emit("before_backward", ctx.micro)
-                with sync:
+            # forward and backward of a micro-batch that does not end the step skip gradient sync
+            with contextlib.nullcontext() if self.manual else ctx.no_sync():
+                with self.autocast():
+                    losses = alg.training_step(self.model, batch, ctx)
+                if not self.manual:
+                    ok, name = ctx.all_finite(losses)
+                    if not ok:
+                        self.mark_bad(name)
+                    self._emit("before_backward", ctx.micro)
                     alg.backward(losses, ctx)  # skips itself on a bad step
-                self._emit("after_backward", ctx.micro)
+                    self._emit("after_backward", ctx.micro)
             for k, v in losses.items():
                 step_losses[k] = step_losses.get(k, 0.0) + float(v.detach()) / self.accum
         if not self.manual:
@@ -151,7 +154,7 @@ class Trainer:
         model = self.strategy.unwrap(self.model)
         was_training = model.training
         model.eval()
-        metrics = self.algorithm.build_metrics(self.data.info)
+        metrics = {k: m.to(self.strategy.device) for k, m in self.algorithm.build_metrics(self.data.info).items()}
         with self.autocast():
             for batch in self.data.eval_loader(split):
                 self.algorithm.evaluate(model, to_device(batch, self.strategy.device), metrics, self.ctx)
@@ -172,12 +175,11 @@ class Trainer:
 
     # ---------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
-        """Everything needed to continue bit-for-bit; data position and RNG of every rank."""
+        """The trainer's part of a checkpoint: data position and RNG of every rank included.
+        The strategy adds the model and optimizer state in its own format."""
         ctx = self.ctx
         return {
             "step": ctx.global_step,
-            "model": self.strategy.unwrap(self.model).state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in ctx.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in ctx.schedulers.items() if s is not None},
             "algorithm": self.algorithm.state_dict(),
             "data": self.strategy.all_gather_object(self.data.state_dict()),
@@ -188,12 +190,13 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path | None:
+        """Every rank takes part (gathers, sharded writes); rank 0 commits the visible file last."""
         step = self.ctx.global_step
         self._emit("before_checkpoint", step)
         path = self.run_dir / "checkpoints" / f"step-{step:08d}.pt" if self.run_dir else None
         state = self.state()
         if path is not None:
-            self.strategy.save(state, path)
+            self.strategy.save_checkpoint(path, self.model, self.ctx.optimizers, state)
             self.strategy.barrier()
             if self.strategy.is_global_zero:
                 ckpt.prune(path.parent, self.cfg.trainer.keep_last)
@@ -212,18 +215,18 @@ class Trainer:
                 f"checkpoint {path} was written at data-parallel size {state['world_size']}, "
                 f"this run has {world}; pass resume_weights_only=true to load only the weights"
             )
-        self.strategy.unwrap(self.model).load_state_dict(state["model"])
+        self.strategy.load_weights(self.model, state["model"])
         if self.cfg.resume_weights_only:
             log.info("loaded weights from %s (step counter, optimizer and data position start fresh)", path)
             return
-        for k, o in self.ctx.optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
+        self.strategy.load_optimizers(self.ctx.optimizers, state, path)
         for k, s in self.ctx.schedulers.items():
             if s is not None:
                 s.load_state_dict(state["schedulers"][k])
         self.algorithm.load_state_dict(state["algorithm"])
         self.data.load_state_dict(state["data"][rank])
         self.ctx.global_step, self.bad_total, self.best = state["step"], state["bad_total"], state["best"]
+        self.resumed_from = state["step"]
         ckpt.set_rng_state(state["rng"][rank])
         if self.strategy.is_global_zero:
             log.info("resumed from %s at step %d", path, self.ctx.global_step)
@@ -234,7 +237,7 @@ class Trainer:
             return torch.autocast(self.strategy.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def write_logs(self, logger: RunLogger, window: "_Window", losses: dict) -> None:
+    def write_logs(self, logger: RunLogger, window: _Window, losses: dict) -> None:
         """Window means of the losses and of ``ctx.log`` values, reduced across ranks."""
         local = {f"train/{k}": (v, "mean") for k, v in window.mean().items()}
         local.update({f"train/{k}": v for k, v in self.ctx.pop_logs().items()})
@@ -272,7 +275,9 @@ class Trainer:
 
     def summary(self, wall: float) -> dict:
         c = self.cfg
-        return {
+        skipped = getattr(self.data, "skipped", None)  # samples lost to data.on_error=skip (this rank)
+        extra = {"skipped_data": skipped.as_dict()} if skipped is not None and skipped.samples else {}
+        return {**extra,
             "algorithm": c.algorithm.name,
             "dataset": c.data.name,
             "strategy": c.strategy.name,
@@ -280,6 +285,7 @@ class Trainer:
             "steps": self.ctx.global_step,
             "wall_s": round(wall, 3),
             "skipped_steps": self.bad_total,
+            "resumed_from": self.resumed_from,
             "final_metrics": {k: v for k, v in self.final_metrics.items() if math.isfinite(v)},
         }
 
@@ -290,7 +296,8 @@ class Trainer:
         value, sign = metrics[key], (1 if self.cfg.trainer.monitor_mode == "max" else -1)
         if self.best is None or sign * value > sign * self.best:
             self.best = value
-            self.strategy.save(self.state(), self.run_dir / "checkpoints" / "best.pt")
+            best = self.run_dir / "checkpoints" / "best.pt"
+            self.strategy.save_checkpoint(best, self.model, self.ctx.optimizers, self.state())
 
     def _every(self, n: int, fn) -> None:
         if n and self.ctx.global_step % n == 0 and self.ctx.global_step < self.cfg.trainer.max_steps:

@@ -21,6 +21,12 @@ class Metric:
         self._reductions[name] = reduce
         setattr(self, name, default.clone())
 
+    def to(self, device: Any) -> "Metric":
+        """Keep state beside the predictions (and on the device NCCL reduces from)."""
+        for name in self._reductions:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
     def update(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - protocol
         raise NotImplementedError
 

@@ -20,8 +20,10 @@ class Strategy:
     #: True when ``save``/``load`` write one file per rank (every rank must call them).
     sharded_checkpoints = False
 
-    def __init__(self, config: Any = None):
-        self.config = config
+    def __init__(self, config: Any = None, capabilities: Any = None, run_config: Any = None):
+        self.config = config  # this strategy's typed config (strategy.*)
+        self.capabilities = capabilities  # the algorithm's Capabilities (e.g. find_unused_parameters)
+        self.run_config = run_config  # the whole resolved run config (read-only)
         self.device = torch.device("cpu")
 
     # --- topology --------------------------------------------------------------------
@@ -84,6 +86,28 @@ class Strategy:
         pass
 
     # --- checkpoints ----------------------------------------------------------------
+    def full_state_dict(self, model: nn.Module) -> dict:
+        """Consolidated model weights on every rank (a sharding strategy gathers them)."""
+        return self.unwrap(model).state_dict()
+
+    def load_weights(self, model: nn.Module, state_dict: dict) -> None:
+        self.unwrap(model).load_state_dict(state_dict)
+
+    def save_checkpoint(self, path: Path, model: nn.Module, optimizers: dict[str, Any], state: dict) -> None:
+        """Every rank calls this; here rank 0 writes one atomic, ``weights_only``-loadable file."""
+        full = {**state, "format": "torch", "model": self.full_state_dict(model),
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()}}
+        self.save(full, path)
+
+    def load_optimizers(self, optimizers: dict[str, Any], state: dict, path: Path) -> None:
+        """Optimizer state from checkpoint ``path`` (``state`` is what ``load(path)`` returned)."""
+        if state.get("format", "torch") != "torch":
+            raise ValueError(f"checkpoint {path} was written by strategy '{state['format']}' and holds no "
+                             f"optimizer state for strategy '{self.name}'; resume it with strategy="
+                             f"{state['format']} or pass resume_weights_only=true")
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+
     def save(self, state: dict, path: Path) -> None:
         """Atomically write a non-sharded checkpoint (rank 0 only)."""
         if not self.is_global_zero:
@@ -91,6 +115,7 @@ class Strategy:
         save_atomic(state, path)
 
     def load(self, path: Path) -> dict:
+        """The checkpoint file itself: plain tensors and containers, so ``weights_only=True``."""
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def teardown(self) -> None:
