@@ -15,7 +15,7 @@ export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 
-.PHONY: install demo test clean-runs data-debs
+.PHONY: install demo demo-gradsplit test clean-runs data-debs
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/data.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: $(STAMP)
 ## Debian-packaged sources (Fashion-MNIST, the OpenCV digit sheet), fetched without root.
 data-debs:
 	scripts/fetch_debs.sh
+
+## A short GradSplit vs baselines comparison on multi_source (a smoke run; the full benchmark is
+## benchmarks/gradsplit_mtl.py without --quick).
+demo-gradsplit: $(STAMP) data-debs
+	OMP_NUM_THREADS=1 $(PY) benchmarks/gradsplit_mtl.py --quick
 
 test: $(STAMP) data-debs
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -14,6 +14,8 @@ commands:
                                     write a dataset's shards + manifest.json
   list algorithms|strategies|datasets|matrix
   eval RUN_DIR|CHECKPOINT [--split test] [--out FILE]
+  gradsplit-relations [--out FILE] [--steps N] [--eps E] [overrides]
+                                    pairwise-transfer table for algorithm.relation=pairwise
 """
 
 
@@ -32,6 +34,10 @@ def main(argv: list[str] | None = None) -> None:
         prepare_command(rest)
     elif command == "list":
         list_command(rest)
+    elif command == "gradsplit-relations":
+        from algorithms.gradsplit.pairwise import main as relations
+
+        relations(rest)
     elif command == "eval":
         from framework.evaluate import eval_command
 
