@@ -39,6 +39,15 @@ class StepContext:
         return self._t.strategy.device
 
     @property
+    def run_dir(self):
+        """The run directory (same path on every rank; rank 0 writes non-sharded files)."""
+        return self._t.run_dir
+
+    def unwrap(self, model):
+        """The plain module behind the strategy's wrapper (e.g. for ``torch.func.functional_call``)."""
+        return self._t.strategy.unwrap(model)
+
+    @property
     def data_info(self) -> Any:
         return self._t.data.info
 

@@ -1,0 +1,94 @@
+"""Shared by the CDT benchmarks (``benchmarks/cdt_mechanism.py``, ``benchmarks/cdt_faces.py``):
+one run of the real ``cdt`` plugin through the real trainer on an in-memory episodic data
+module, and the table formatting.
+
+Each run builds the full ``TrainConfig`` (the schema ``medley train`` validates), the ``CDT``
+algorithm and ``Trainer`` with the single-process strategy; the run directory is temporary and
+its ``metrics.jsonl`` (the run-output contract) supplies the logged CDT diagnostics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from algorithms.cdt import CDTConfig
+from algorithms.cdt.method import CDT
+from framework.config import ModelConfig, TrainConfig
+from framework.strategies.single import SingleDeviceStrategy
+from framework.trainer import Trainer
+
+DIAGNOSTICS = ("hinge_active", "d2_pos", "d2_neg")
+
+
+def compose(overrides: list[str]) -> Any:
+    """A validated run config composed exactly as ``medley train`` composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from framework.config import CONFIG_DIR, register_schema, validate
+    from framework.registry import load_plugins
+
+    load_plugins()
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return validate(hydra_compose("train", overrides=list(overrides)))
+
+
+def diagnostics(run_dir: Path, after_steps: int) -> dict[str, float]:
+    """Mean of the logged CDT diagnostics over the log windows ending after ``after_steps``."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    out = {}
+    for key in DIAGNOSTICS:
+        values = [r[f"train/cdt/{key}"] for r in rows if r["step"] > after_steps and f"train/cdt/{key}" in r]
+        out[key] = statistics.fmean(values) if values else math.nan
+    return out
+
+
+def make_config(algorithm: dict, model: dict, trainer: dict, optim: dict, data_name: str) -> Any:
+    cfg = OmegaConf.structured(TrainConfig)
+    OmegaConf.set_struct(cfg, False)
+    cfg.algorithm = OmegaConf.structured(CDTConfig(**algorithm))
+    cfg.data = {"name": data_name}
+    cfg.strategy = {"name": "single", "device": "cpu"}
+    cfg.model = OmegaConf.merge(OmegaConf.structured(ModelConfig), model)
+    cfg.trainer = OmegaConf.merge(cfg.trainer, {"eval_split": "test", "log_every": 25, **trainer})
+    cfg.optim = OmegaConf.merge(cfg.optim, optim)
+    cfg.logger = OmegaConf.merge(cfg.logger, {"tensorboard": False, "progress": "off"})
+    cfg.name = f"{data_name}-{algorithm.get('mode', 'meta')}"
+    return cfg
+
+
+def run_once(cfg: Any, data: Any, after_steps: int = 100) -> dict[str, float]:
+    """Train and evaluate once; returns the final test metrics, the wall time and the mean CDT
+    diagnostics over the log windows that end after ``after_steps``."""
+    algorithm = CDT(OmegaConf.to_object(cfg.algorithm), cfg)
+    with tempfile.TemporaryDirectory(prefix="cdt-bench-") as tmp:
+        trainer = Trainer(cfg, SingleDeviceStrategy(cfg.strategy), algorithm, data, Path(tmp))
+        summary = trainer.fit()
+        out = {k.split("/")[-1]: v for k, v in summary["final_metrics"].items() if k.startswith("test/")}
+        out.update(wall_s=summary["wall_s"], **diagnostics(Path(tmp), after_steps))
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    m, s = mean_std(values)
+    return "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
