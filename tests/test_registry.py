@@ -46,3 +46,11 @@ def test_medley_list_shows_each_registry():
         out = run_cli("-m", "framework.cli", "list", what)
         assert out.returncode == 0, out.stderr
         assert expected in out.stdout
+
+
+def test_readme_support_matrix_matches_the_declared_capabilities():
+    from tests.conftest import REPO, run_cli
+
+    out = run_cli("-m", "framework.cli", "list", "matrix")  # a fresh process: no test-only plugins
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in (REPO / "README.md").read_text(), "regenerate with `medley list matrix`"
