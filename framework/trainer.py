@@ -48,7 +48,6 @@ class Trainer:
             owned.to(strategy.device)
         self.ctx.optimizers = opts
         self.ctx.schedulers = {k: v[1] for k, v in optimizers.items()}
-        self.metrics_template = algorithm.build_metrics(data.info)
 
     # ------------------------------------------------------------------------------- fit
     def fit(self) -> dict:
