@@ -77,7 +77,7 @@ class OptimConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet"
+    name: str = "resnet"  # resnet | plain (conv-norm-ReLU per stage, no residuals)
     widths: list = field(default_factory=lambda: [16, 32, 64])
     blocks_per_stage: int = 1
     norm: str = "batch"  # batch | group | none
@@ -118,6 +118,7 @@ _CHOICES = {
     "optim.name": ("sgd", "adam", "adamw"),
     "optim.schedule": ("cosine", "constant"),
     "model.norm": ("batch", "group", "none"),
+    "model.name": ("resnet", "plain"),
     "logger.progress": ("auto", "bar", "lines", "off"),
     "data.order": ("local", "global"),
     "data.on_error": ("raise", "skip"),
