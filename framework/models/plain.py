@@ -6,13 +6,12 @@ miniature's conv16 → conv32/2 → conv32/2); same ``forward_features`` contrac
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from framework.models.resnet import norm_layer
+from framework.models.resnet import StagedBackbone, norm_layer
 
 
-class PlainConvNet(nn.Module):
+class PlainConvNet(StagedBackbone):
     def __init__(self, in_channels: int, widths: list[int], norm: str = "none"):
         super().__init__()
         self.stage_names = [f"stage{i + 1}" for i in range(len(widths))]
@@ -23,14 +22,3 @@ class PlainConvNet(nn.Module):
                 nn.Conv2d(cin, w, 3, stride, 1, bias=norm == "none"), norm_layer(norm, w), nn.ReLU()))
             cin = w
         self.out_dim = widths[-1]
-
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = {}
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            feats[name] = x
-        feats["pool"] = x.mean(dim=(2, 3))
-        return feats
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)["pool"]

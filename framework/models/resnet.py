@@ -34,7 +34,24 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(out)) + self.short(x))
 
 
-class ResNet(nn.Module):
+class StagedBackbone(nn.Module):
+    """Runs ``self.stage_names`` in order; every stage's output is tappable by name, plus ``pool``."""
+
+    stage_names: list[str]
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = {}
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            feats[name] = x
+        feats["pool"] = x.mean(dim=(2, 3))
+        return feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)["pool"]
+
+
+class ResNet(StagedBackbone):
     """Stages ``stem, stage1..stageN`` (stride 2 from stage2 on), then global pooling ``pool``."""
 
     def __init__(self, in_channels: int, widths: list[int], blocks_per_stage: int = 1, norm: str = "batch",
@@ -52,16 +69,6 @@ class ResNet(nn.Module):
             cin = w
         self.out_dim = widths[-1]
 
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = {}
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            feats[name] = x
-        feats["pool"] = x.mean(dim=(2, 3))
-        return feats
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)["pool"]
 
 
 def make_head(in_dim: int, num_classes: int, hidden: int = 0) -> nn.Module:
