@@ -18,7 +18,11 @@ class StepContext:
         self._t = trainer
         self.config = trainer.cfg
         self.global_step = 0  # optimizer steps completed so far
-        self.phase = ""
+        self.phase = ""  # name of the current phase
+        self.phase_index = 0
+        self.phase_spec: Any = None  # the current framework.Phase (length, data, trainable, optim, eval_sets)
+        self.phase_start = 0  # global step at which the current phase began
+        self.phase_steps = 0  # optimizer steps of the current phase
         self.micro = 0  # micro-batch index within the current step (accumulation)
         self.bad_step = False  # set when this step saw a non-finite loss on any rank
         self.optimizers: dict[str, Any] = {}
@@ -46,6 +50,26 @@ class StepContext:
     def unwrap(self, model):
         """The plain module behind the strategy's wrapper (e.g. for ``torch.func.functional_call``)."""
         return self._t.strategy.unwrap(model)
+
+    @property
+    def phase_step(self) -> int:
+        """Optimizer steps completed in the current phase."""
+        return self.global_step - self.phase_start
+
+    def to_device(self, batch: Any) -> Any:
+        """Move a batch (tensors in dicts/lists, e.g. one from ``ctx.aux``) to this rank's device."""
+        from framework.trainer import to_device
+
+        return to_device(batch, self.device)
+
+    def autocast(self):
+        """The autocast context of ``trainer.precision`` (the one the trainer wraps steps in)."""
+        return self._t.autocast()
+
+    def evaluate(self, name: str) -> dict[str, float]:
+        """Evaluate the current model on an evaluation set or split now (every rank must call it);
+        returns ``{name/task/metric: value}``."""
+        return self._t.evaluate(name)
 
     @property
     def data_info(self) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -35,9 +36,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer, ocfg: Any, total_steps: in
     )
 
 
-def default_optimizer(model: nn.Module, owned: nn.Module | None, cfg: Any) -> tuple[Any, Any]:
+def default_optimizer(model: nn.Module, owned: nn.Module | None, cfg: Any, total_steps: int | None = None,
+                      overrides: dict | None = None) -> tuple[Any, Any]:
+    """One optimizer over the trainable parameters; its schedule spans ``total_steps`` (a phase;
+    default ``trainer.max_steps``). ``overrides`` replace ``optim.*`` keys (a phase's ``optim``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if owned is not None:
         params += [p for p in owned.parameters() if p.requires_grad]
-    opt = build_optimizer(params, cfg.optim)
-    return opt, build_scheduler(opt, cfg.optim, cfg.trainer.max_steps)
+    ocfg = cfg.optim
+    if overrides:
+        unknown = sorted(set(overrides) - set(ocfg.keys()))
+        if unknown:
+            raise ValueError(f"phase optim overrides {unknown}: not optim.* keys (have {sorted(ocfg.keys())})")
+        ocfg = SimpleNamespace(**{**{k: ocfg[k] for k in ocfg.keys()}, **overrides})
+    if not params:
+        raise ValueError("no trainable parameters in this phase (check the phase's `trainable` prefixes)")
+    opt = build_optimizer(params, ocfg)
+    return opt, build_scheduler(opt, ocfg, cfg.trainer.max_steps if total_steps is None else total_steps)

@@ -28,9 +28,15 @@ def setup_logging(rank: int) -> None:
 def check_capabilities(cfg: DictConfig) -> None:
     """Fail before any process group starts when the algorithm does not support the setup,
     or when the launcher's settings disagree with the config (``strategies/launch.py``)."""
+    from framework.algorithm import supported_strategies
+
     algo_cls = ALGORITHMS.get(cfg.algorithm.name).load()
     caps = algo_cls.capabilities
     name = cfg.algorithm.name
+    excluded = supported_strategies(algo_cls, algo_cls(plugin_config(cfg.algorithm, ALGORITHMS), cfg))
+    if cfg.strategy.name in excluded:
+        raise ConfigError(f"strategy.name: algorithm '{name}' cannot run under strategy '{cfg.strategy.name}': "
+                          f"{excluded[cfg.strategy.name]}; use strategy=ddp")
     if cfg.strategy.name not in caps.strategies:
         raise ConfigError(
             f"strategy.name: algorithm '{name}' does not support strategy '{cfg.strategy.name}' "
@@ -130,9 +136,8 @@ def train(cfg: DictConfig, hooks: list | None = None, strategy: Any = None) -> d
     strategy = strategy or build_strategy(cfg)
     setup_logging(strategy.rank)
     check_same_config(cfg, strategy)
-    run_dir = resolve_run_dir(cfg, strategy)
+    run_dir = resolve_run_dir(cfg, strategy)  # config.yaml is written once the start is validated
     if strategy.is_global_zero:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         log.info("run directory: %s", run_dir)
 
     from framework.data.module import DataModule

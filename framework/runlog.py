@@ -13,15 +13,19 @@ log = logging.getLogger("medley")
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path | None, cfg: Any, total_steps: int, start_step: int = 0):
+    def __init__(self, run_dir: Path | None, cfg: Any, total_steps: int, start_step: int = 0,
+                 resumed: bool = False):
         self.enabled = run_dir is not None
         self.run_dir, self.total = run_dir, total_steps
+        if self.enabled and resumed:
+            truncate_metrics(run_dir / "metrics.jsonl", start_step)
         self._jsonl = open(run_dir / "metrics.jsonl", "a") if self.enabled else None
         self._tb = None
         if self.enabled and cfg.logger.tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tb"))
+            # purge_step: events the interrupted segment wrote after the checkpoint are dropped
+            self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if resumed else None)
         mode = cfg.logger.progress
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
@@ -69,3 +73,20 @@ class RunLogger:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """A resumed run continues after ``step``: drop what the interrupted segment logged after it, so
+    every step appears once (lines at ``step`` itself stay: they were logged before the checkpoint)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:  # a line cut short by the crash
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    tmp.replace(path)

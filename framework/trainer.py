@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ import torch
 
 from framework import checkpoint as ckpt
 from framework.context import NonFiniteLoss, StepContext
-from framework.hooks import Hook
+from framework.evalsets import EvalMatrix, resolve as resolve_set, selection_mask
+from framework.hooks import Hook, load_callbacks
+from framework.phases import plan as plan_phases
 from framework.runlog import RunLogger
 
 log = logging.getLogger("medley")
@@ -28,7 +31,8 @@ class Trainer:
                  hooks: list[Hook] | None = None):
         self.cfg, self.strategy, self.algorithm, self.data = cfg, strategy, algorithm, data
         self.run_dir = run_dir  # same path on every rank; only rank 0 writes non-sharded files
-        self.hooks = list(hooks or [])
+        # the config's callbacks, then the caller's hooks, then the algorithm's (framework/hooks.py)
+        self.hooks = [*load_callbacks(cfg.trainer.get("callbacks") or []), *(hooks or []), *algorithm.callbacks()]
         self.manual = algorithm.capabilities.manual_optimization
         self.accum = 1 if self.manual else cfg.trainer.accumulate_grad_batches
         self.ctx = StepContext(self)
@@ -38,48 +42,99 @@ class Trainer:
         self.best: float | None = None
         self.resumed_from: int | None = None  # step of the checkpoint this run continued from
         self.final_metrics: dict[str, float] = {}
+        self.plan = plan_phases(algorithm.phases(), cfg.trainer.max_steps)
+        if len(self.plan.phases) > 1 and not strategy.supports_phases:
+            raise ValueError(f"strategy={strategy.name} cannot rebuild the model and optimizers at phase "
+                             f"boundaries; algorithm {cfg.algorithm.name} has {len(self.plan.phases)} phases")
+        self.phases_done = 0  # phases whose on_phase_end has run
+        self.matrix = EvalMatrix()  # phase × evaluation set (eval_matrix.json)
+        self.segments: list[dict] = []  # earlier training segments of a resumed run
+        self._segment_start, self._t_start = 0, time.time()
 
         torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
-        model = algorithm.build_model(data.info)
-        optimizers = algorithm.configure_optimizers(model, self.ctx)
-        self.model, opts = strategy.setup(model, {k: v[0] for k, v in optimizers.items()}, algorithm)
-        owned = algorithm.owned_module()
+        self.model: Any = None
+        self._module = algorithm.build_model(data.info)  # the plain model; self.model is the wrapped one
+        self.configure_phase(0)
+
+    # --------------------------------------------------------------------------- phases
+    def _set_phase(self, index: int) -> None:
+        ctx, phase = self.ctx, self.plan.phases[index]
+        ctx.phase, ctx.phase_index, ctx.phase_spec = phase.name, index, phase
+        ctx.phase_start, ctx.phase_steps = self.plan.starts[index], self.plan.length(index)
+
+    def grow(self, index: int) -> None:
+        """``algorithm.configure_model`` for phase ``index``, new modules seeded per phase (rank-identical)."""
+        self._set_phase(index)
+        module = self.strategy.unwrap(self.model) if self.model is not None else self._module
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.trainer.seed * 7919 + index)
+            self._module = self.algorithm.configure_model(self.ctx.phase, module, self.ctx)
+
+    def configure_phase(self, index: int) -> None:
+        """Structure, trainable parameters, optimizers and the strategy's wrapper for phase ``index``.
+        A new wrapper syncs the model from rank 0 (DDP), so grown parameters agree everywhere."""
+        self.grow(index)
+        module, phase = self._module, self.plan.phases[index]
+        if phase.trainable is not None:
+            names = [n for n, _ in module.named_parameters()]
+            unmatched = [t for t in phase.trainable if not any(n == t or n.startswith(t + ".") for n in names)]
+            if unmatched:
+                raise ValueError(f"phase '{phase.name}': trainable prefixes {unmatched} match no parameter")
+            for n, p in module.named_parameters():
+                p.requires_grad_(any(n == t or n.startswith(t + ".") for t in phase.trainable))
+        self.model = None  # drop the old wrapper (its gradient hooks) before wrapping again
+        optimizers = self.algorithm.configure_optimizers(module, self.ctx)
+        self.model, opts = self.strategy.setup(module, {k: v[0] for k, v in optimizers.items()}, self.algorithm)
+        owned = self.algorithm.owned_module()
         if owned is not None:
-            owned.to(strategy.device)
+            owned.to(self.strategy.device)
         self.ctx.optimizers = opts
         self.ctx.schedulers = {k: v[1] for k, v in optimizers.items()}
 
     # ------------------------------------------------------------------------------- fit
     def fit(self) -> dict:
-        cfg, ctx = self.cfg.trainer, self.ctx
+        cfg, ctx, plan = self.cfg.trainer, self.ctx, self.plan
         seed_everything(cfg.seed * 1000 + self.strategy.rank)  # per-rank randomness (dropout, ...)
-        self.restore(ckpt.resolve_resume(self.cfg.resume, self.run_dir))  # restores RNG when resuming
-        logger = RunLogger(self.run_dir if self.strategy.is_global_zero else None, self.cfg, cfg.max_steps,
-                           ctx.global_step)
+        state, path = self.load_resume_state()  # validated before anything of the run is written
+        start = 0
+        if state is not None and not self.cfg.resume_weights_only:
+            start = state.get("phase_index", 0)
+            for index in range(1, start + 1):  # rebuild a grown model before its weights load
+                (self.configure_phase if index == start else self.grow)(index)
+        if state is not None:
+            self.restore(state, path)  # restores RNG when resuming
+        self.write_config()
+        logger = RunLogger(self.run_dir if self.strategy.is_global_zero else None, self.cfg, plan.total,
+                           ctx.global_step, resumed=self.resumed_from is not None)
         batches = self.data.epoch_batches()
         self._emit("before_fit")
-        t_start = time.time()
+        self._segment_start, self._t_start = ctx.global_step, time.time()
         window = _Window()
 
-        phases = self.algorithm.phases()
-        for index, phase in enumerate(phases):
-            phase_end = cfg.max_steps * (index + 1) // len(phases)
-            if ctx.global_step >= phase_end:
-                continue
-            ctx.phase = phase
-            getattr(self.data, "set_phase", lambda _: None)(phase)  # e.g. one domain per phase
-            self.algorithm.on_phase_start(phase, self.model, ctx)
-            self._emit("before_phase", phase)
-            while ctx.global_step < phase_end:
+        for index in range(start, len(plan.phases)):
+            if index < self.phases_done:
+                continue  # resumed from the final checkpoint
+            phase = plan.phases[index]
+            resumed_inside = index == start and self.resumed_from is not None
+            if index > start or (index > 0 and not resumed_inside):
+                self.configure_phase(index)
+            self._set_phase(index)
+            getattr(self.data, "set_phase", lambda _: None)(phase.data or phase.name)  # e.g. one domain per phase
+            if not resumed_inside:
+                self.algorithm.on_phase_start(phase.name, self.model, ctx)
+            self._emit("before_phase", phase.name)
+            while ctx.global_step < plan.ends[index]:
                 losses = self.train_step(batches, window)
                 self._every(cfg.ckpt_every, self.save_checkpoint)
                 self._every(cfg.eval_every, lambda: self.evaluate(cfg.eval_split))
-                if ctx.global_step % cfg.log_every == 0 or ctx.global_step == cfg.max_steps:
+                if ctx.global_step % cfg.log_every == 0 or ctx.global_step == plan.total:
                     self.write_logs(logger, window, losses)
-            self._emit("after_phase", phase)
-            self.algorithm.on_phase_end(phase, self.model, ctx)
+            self._emit("after_phase", phase.name)
+            self.algorithm.on_phase_end(phase.name, self.model, ctx)
+            self.phases_done = index + 1
+            self.evaluate_phase(phase, logger)
 
-        wall = time.time() - t_start
+        wall = self.training_time()
         self.save_checkpoint()  # saved before the final evaluation: a crash in eval must not lose it
         for split in dict.fromkeys([cfg.eval_split, "test", *self.cfg.data.get("eval_splits", [])]):
             if split in self.data.manifest["splits"]:
@@ -89,6 +144,29 @@ class Trainer:
         summary = self.summary(wall)
         self._emit("after_fit", summary)
         return summary
+
+    def evaluate_phase(self, phase: Any, logger: RunLogger) -> None:
+        """The phase's evaluation sets → the phase × set matrix (``eval_matrix.json``) and the metrics log."""
+        if not phase.eval_sets:
+            return
+        values = {}
+        for name in phase.eval_sets:
+            metrics = self.evaluate(name)
+            self.matrix.add(phase.name, name, metrics)
+            values.update({f"phase/{phase.name}/{k}": v for k, v in metrics.items()})
+        logger.write(self.ctx.global_step, values)
+        if self.run_dir is not None and self.strategy.is_global_zero:
+            self.matrix.write(self.run_dir / "eval_matrix.json", [p.name for p in self.plan.phases])
+
+    def write_config(self) -> None:
+        """The resolved config, written only once the start is known to be valid (a refused resume
+        leaves the old run untouched)."""
+        if self.run_dir is not None and self.strategy.is_global_zero:
+            from omegaconf import OmegaConf
+
+            tmp = self.run_dir / ".config.yaml.tmp"
+            tmp.write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+            os.replace(tmp, self.run_dir / "config.yaml")
 
     def train_step(self, batches, window: _Window) -> dict[str, float]:
         """One optimizer step: ``accum`` micro-batches, a finite check, then the step."""
@@ -148,28 +226,37 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- eval
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, float]:
-        self._emit("before_eval", split)
+    def evaluate(self, name: str) -> dict[str, float]:
+        """Metrics of evaluation set or split ``name``, as ``{name/task/metric: value}``. Every rank
+        first takes rank 0's buffers (BatchNorm statistics), so every rank evaluates the weights the
+        checkpoint holds."""
+        eset = resolve_set(name, self.algorithm.eval_sets(), self.cfg.trainer.get("eval_sets"),
+                           list(self.data.manifest["splits"]))
+        self._emit("before_eval", name)
+        self.strategy.sync_buffers(self.model)
         model = self.strategy.unwrap(self.model)
         was_training = model.training
         model.eval()
         metrics = {k: m.to(self.strategy.device) for k, m in self.algorithm.build_metrics(self.data.info).items()}
         with self.autocast():
-            for batch in self.data.eval_loader(split):
-                self.algorithm.evaluate(model, to_device(batch, self.strategy.device), metrics, self.ctx)
+            for batch in self.data.eval_loader(eset.split):
+                batch = to_device(batch, self.strategy.device)
+                if eset.select:
+                    batch["mask"] = selection_mask(batch, eset.select)
+                self.algorithm.evaluate(model, batch, metrics, self.ctx)
         out = {}
         for key, metric in metrics.items():
             metric.reduce(self.strategy)
             value = metric.compute()
             if isinstance(value, dict):
-                out.update({f"{split}/{key}/{k}": float(v) for k, v in value.items()})
+                out.update({f"{name}/{key}/{k}": float(v) for k, v in value.items()})
             else:
-                out[f"{split}/{key}"] = float(value)
+                out[f"{name}/{key}"] = float(value)
         model.train(was_training)
         if self.strategy.is_global_zero:
-            log.info("step %d %s: %s", self.ctx.global_step, split, "  ".join(f"{k}={v:.4f}" for k, v in out.items()))
+            log.info("step %d %s: %s", self.ctx.global_step, name, "  ".join(f"{k}={v:.4f}" for k, v in out.items()))
         self._track_best(out)
-        self._emit("after_eval", split, out)
+        self._emit("after_eval", name, out)
         return out
 
     # ---------------------------------------------------------------------- checkpoints
@@ -179,6 +266,8 @@ class Trainer:
         ctx = self.ctx
         return {
             "step": ctx.global_step,
+            "phase_index": ctx.phase_index,
+            "phases_done": self.phases_done,
             "schedulers": {k: s.state_dict() for k, s in ctx.schedulers.items() if s is not None},
             "algorithm": self.algorithm.state_dict(),
             "data": self.strategy.all_gather_object(self.data.state_dict()),
@@ -186,12 +275,15 @@ class Trainer:
             "bad_total": self.bad_total,
             "best": self.best,
             "world_size": self.strategy.world_size,
+            "eval_matrix": self.matrix.state_dict(),
+            "segments": self.segments + [self.current_segment()],
         }
 
     def save_checkpoint(self) -> Path | None:
         """Every rank takes part (gathers, sharded writes); rank 0 commits the visible file last."""
         step = self.ctx.global_step
         self._emit("before_checkpoint", step)
+        self.strategy.sync_buffers(self.model)  # the checkpoint holds rank 0's buffers: so does every rank
         path = self.run_dir / "checkpoints" / f"step-{step:08d}.pt" if self.run_dir else None
         state = self.state()
         if path is not None:
@@ -202,20 +294,31 @@ class Trainer:
         self._emit("after_checkpoint", path)
         return path
 
-    def restore(self, path: Path | None) -> None:
+    def load_resume_state(self) -> tuple[dict | None, Path | None]:
+        """The checkpoint ``resume`` names, checked against this run before anything is changed."""
+        path = ckpt.resolve_resume(self.cfg.resume, self.run_dir)
         if path is None:
             if self.cfg.resume == "auto" and self.strategy.is_global_zero:
                 log.info("resume=auto: no checkpoint found, starting fresh")
-            return
+            return None, None
         state = self.strategy.load(path)
-        rank, world = self.strategy.rank, self.strategy.world_size
+        world = self.strategy.world_size
         if state.get("world_size", world) != world and not self.cfg.resume_weights_only:
             raise ValueError(
                 f"checkpoint {path} was written at data-parallel size {state['world_size']}, "
                 f"this run has {world}; pass resume_weights_only=true to load only the weights"
             )
+        return state, path
+
+    def restore(self, state: dict, path: Path) -> None:
+        """Weights (and the algorithm's owned parameters); unless weights-only, also optimizer and
+        scheduler state, algorithm state, data position, RNG and the step counter."""
+        rank = self.strategy.rank
         self.strategy.load_weights(self.model, state["model"])
         if self.cfg.resume_weights_only:
+            owned = self.algorithm.owned_module()
+            if owned is not None and "owned" in state.get("algorithm", {}):
+                owned.load_state_dict(state["algorithm"]["owned"])
             log.info("loaded weights from %s (step counter, optimizer and data position start fresh)", path)
             return
         self.strategy.load_optimizers(self.ctx.optimizers, state, path)
@@ -225,10 +328,22 @@ class Trainer:
         self.algorithm.load_state_dict(state["algorithm"])
         self.data.load_state_dict(state["data"][rank])
         self.ctx.global_step, self.bad_total, self.best = state["step"], state["bad_total"], state["best"]
+        self.phases_done = state.get("phases_done", 0)
+        self.matrix = EvalMatrix(state.get("eval_matrix"))
+        self.segments = list(state.get("segments", []))
         self.resumed_from = state["step"]
         ckpt.set_rng_state(state["rng"][rank])
         if self.strategy.is_global_zero:
-            log.info("resumed from %s at step %d", path, self.ctx.global_step)
+            log.info("resumed from %s at step %d (phase '%s')", path, self.ctx.global_step,
+                     self.plan.phases[state.get("phase_index", 0)].name)
+
+    def current_segment(self) -> dict:
+        return {"start_step": self._segment_start, "end_step": self.ctx.global_step,
+                "wall_s": round(time.time() - self._t_start, 3)}
+
+    def training_time(self) -> float:
+        """Training time of every segment of this run (earlier ones measured up to their last checkpoint)."""
+        return sum(s["wall_s"] for s in self.segments) + (time.time() - self._t_start)
 
     # -------------------------------------------------------------------------- helpers
     def autocast(self):
@@ -282,7 +397,9 @@ class Trainer:
             "strategy": c.strategy.name,
             "world_size": self.strategy.world_size,
             "steps": self.ctx.global_step,
-            "wall_s": round(wall, 3),
+            "wall_s": round(wall, 3),  # training time over all segments
+            "segments": self.segments + [{**self.current_segment(),
+                                          "wall_s": round(wall - sum(s["wall_s"] for s in self.segments), 3)}],
             "skipped_steps": self.bad_total,
             "resumed_from": self.resumed_from,
             "final_metrics": {k: v for k, v in self.final_metrics.items() if math.isfinite(v)},
@@ -299,7 +416,7 @@ class Trainer:
             self.strategy.save_checkpoint(best, self.model, self.ctx.optimizers, self.state())
 
     def _every(self, n: int, fn) -> None:
-        if n and self.ctx.global_step % n == 0 and self.ctx.global_step < self.cfg.trainer.max_steps:
+        if n and self.ctx.global_step % n == 0 and self.ctx.global_step < self.plan.total:
             fn()
 
     def _emit(self, event: str, *args: Any) -> None:

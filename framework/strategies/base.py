@@ -19,6 +19,8 @@ class Strategy:
     name = "base"
     #: True when ``save``/``load`` write one file per rank (every rank must call them).
     sharded_checkpoints = False
+    #: False when ``setup`` cannot be called again to re-wrap a grown model at a phase boundary.
+    supports_phases = True
 
     def __init__(self, config: Any = None, capabilities: Any = None, run_config: Any = None):
         self.config = config  # this strategy's typed config (strategy.*)
@@ -62,6 +64,18 @@ class Strategy:
 
     def zero_grad(self, optimizer: Any, model: nn.Module) -> None:
         optimizer.zero_grad(set_to_none=True)
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics) before an evaluation or a
+        checkpoint. Broadcast rather than average: DDP itself broadcasts rank 0's buffers before each
+        forward, the checkpoint holds rank 0's, and a manual-optimization step that bypasses the
+        wrapper's forward would otherwise leave ranks apart for the whole run."""
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        for buf in self.unwrap(model).buffers():
+            dist.broadcast(buf.data, src=0)
 
     def sync_owned_grads(self, module: nn.Module | None) -> None:
         """Average gradients of algorithm-owned parameters that the wrapper does not see."""

@@ -51,8 +51,10 @@ class DDPStrategy(ProcessGroupStrategy):
         self.device = self.accelerator.device
 
     def setup(self, model: nn.Module, optimizers: dict[str, Any], algorithm: Any) -> tuple[nn.Module, dict]:
-        # moves to the device and wraps in DDP when there is more than one process; the
+        # moves to the device and wraps in DDP when there is more than one process (DDP broadcasts
+        # rank 0's parameters and buffers: a model grown at a phase boundary agrees everywhere); the
         # optimizers keep pointing at the same Parameter objects
+        self.accelerator.free_memory()  # a re-wrap: the old wrapper's gradient hooks must go
         return self.accelerator.prepare_model(model), optimizers
 
     def unwrap(self, model: nn.Module) -> nn.Module:

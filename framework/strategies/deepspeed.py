@@ -38,6 +38,7 @@ from framework.strategies.process_group import ProcessGroupStrategy, ensure_rend
 class DeepSpeedStrategy(ProcessGroupStrategy):
     name = "deepspeed"
     sharded_checkpoints = True
+    supports_phases = False  # the engine owns one model and one optimizer for its whole life
 
     def __init__(self, config: Any = None, capabilities: Any = None, run_config: Any = None):
         super().__init__(config, capabilities, run_config)
