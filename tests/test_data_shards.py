@@ -113,3 +113,44 @@ def test_manifest_checksum_mismatch_is_refused(tmp_path):
     truncate(path, 1024)
     with pytest.raises(ValueError, match="has 1024 bytes"):
         verify_shards(tmp_path, manifest, mode="size")
+
+
+@pytest.mark.parametrize(
+    "key, file",
+    [
+        ("splits.train.shards[1].file", "../other/train-000001.tar"),
+        ("splits.train.shards[1].file", "/etc/train-000001.tar"),
+        ("splits.train.shards[1].file", "sub/../../train-000001.tar"),
+        ("splits.train.index.file", "../train.index.npz"),
+    ],
+)
+def test_manifest_file_entries_outside_the_dataset_directory_are_refused(tmp_path, key, file):
+    from framework.data.shards import write_manifest
+
+    entry = write_split(tmp_path, "train", _samples(16), 16, min_shards=2)
+    if ".index." in key:
+        entry["index"]["file"] = file
+    else:
+        entry["shards"][1]["file"] = file
+    path = write_manifest(
+        tmp_path, {"name": "x", "tasks": {}, "image_shape": [1, 3, 4], "splits": {"train": entry}}
+    )
+    with pytest.raises(ValueError) as err:
+        read_manifest(tmp_path)
+    assert f"{path}: {key} = {file!r} is not a relative path inside the dataset directory" in str(err.value)
+
+
+def test_a_missing_shard_is_reported_by_verification_not_left_to_the_reader(tmp_path):
+    from framework.data.shards import write_manifest
+
+    entry = write_split(tmp_path, "train", _samples(16), 16, min_shards=2)
+    write_manifest(tmp_path, {"name": "x", "tasks": {}, "image_shape": [1, 3, 4], "splits": {"train": entry}})
+    manifest = read_manifest(tmp_path)
+    path = tmp_path / entry["shards"][0]["file"]
+    path.unlink()
+    expected = f"{path} is missing, listed in .*; re-run `medley prepare x --force`"
+    with pytest.raises(ValueError, match=expected):
+        verify_shards(tmp_path, manifest, mode="size")
+    assert verify_shards(tmp_path, manifest, mode="size", on_error="skip") == {
+        path.name: f"is missing, listed in {tmp_path / 'manifest.json'}"
+    }

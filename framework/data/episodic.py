@@ -9,7 +9,7 @@ resumed run draws the same episodes. Each rank draws its own episodes (seeded by
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,15 @@ class IndexedSplit:
         entry: dict[str, Any],
         tasks: tuple[str, ...],
         attrs: tuple[str, ...] = (),
+        refused: Collection[str] = (),
     ):
+        """``refused``: shard files left out (``data.on_error=skip``): their samples are never drawn."""
         self.root, self.name, self.entry, self.tasks, self.attrs = Path(root), name, entry, tasks, attrs
         self.index = load_index(root, entry)
+        bad = [k for k, shard in enumerate(entry["shards"]) if shard["file"] in refused]
+        if bad:
+            keep = ~np.isin(self.index["shard"], bad)
+            self.index = {key: column[keep] for key, column in self.index.items()}
         self._files: dict[int, Any] = {}
 
     def __len__(self) -> int:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class StreamSpec:
     tasks: tuple[str, ...] = ()
     name: str = "train"  # split name: part of every seed, and of messages
     attrs: tuple[str, ...] = ()  # per-sample attributes every batch carries (-1 = unknown)
+    refused: dict[str, str] = field(default_factory=dict)  # file -> why, refused at start-up (on_error=skip)
 
     @property
     def workers(self) -> int:
@@ -233,8 +234,15 @@ def take_rows(batch: dict[str, Any], rows: slice | torch.Tensor) -> dict[str, An
 # ---------------------------------------------------------------------------- the stream
 def read_shard(spec: StreamSpec, i: int, errors: list | None) -> Iterator[dict]:
     """Raw samples of shard ``i`` with ``on_error`` applied: raise naming the shard, or
-    record ``(file, samples lost, reason)`` in ``errors`` and stop reading this shard."""
+    record ``(file, samples lost, reason)`` in ``errors`` and stop reading this shard. A shard
+    refused at start-up (``spec.refused``) is not opened: all its samples count as lost."""
     shard = spec.shards[i]
+    if shard["file"] in spec.refused:
+        if spec.on_error == "raise" or errors is None:
+            raise ShardError(spec.root / shard["file"], 0, spec.refused[shard["file"]])
+        why = spec.refused[shard["file"]]
+        errors.append((shard["file"], shard["count"], f"{why} (refused before reading)"))
+        return
     try:
         for raw in iter_raw_samples(spec.root / shard["file"], expected=shard["count"]):
             raw["__shard__"] = i

@@ -34,7 +34,7 @@ from framework.data.episodic import BalancedSampler, EpisodeSampler, IndexedSpli
 from framework.data.info import DataInfo
 from framework.data.loader import EvalStream, StreamSpec, check_enough_shards, make_loader
 from framework.data.mixing import MixedStream, RowBuffer
-from framework.data.shards import MANIFEST, read_manifest, verify_shards
+from framework.data.shards import MANIFEST, read_manifest, reprepare_hint, verify_shards
 from framework.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,9 @@ class DataModule:
         self.info = DataInfo.from_manifest(self.manifest)
         self.sources = self._training_sources()
         self.info.extra["train_sources"] = list(self.sources)
-        self._verify(*[s for s in self.sources.values()])
+        self.refused: dict[str, dict[str, str]] = {}  # split -> {file: why}, on_error=skip only
+        self._check_present(*self.sources.values(), *self._aux_splits(), *self._eval_splits())
+        self._verify(*self.sources.values())
         self.cursor: SourceCursor | None = None
         self.mixed: MixedStream | None = None
         self.episodes: EpisodeSampler | None = None
@@ -136,9 +138,41 @@ class DataModule:
     def _loader_seed(self) -> int:
         return self.seed * 1_000_003 + self.rank
 
+    def _aux_splits(self) -> list[str]:
+        return [dict(a).get("split", n) for n, a in (self._opt("aux", {}) or {}).items()]
+
+    def _eval_splits(self) -> list[str]:
+        return [s for s in getattr(self.cfg, "eval_splits", ()) or () if s in self.manifest["splits"]]
+
+    def _check_present(self, *splits: str) -> None:
+        """Stat every shard of the splits this run reads (cheap): a missing or resized shard is
+        found now, not when an epoch reaches it hours later. Hashing stays in ``_verify``."""
+        if self._opt("verify", "sha256") != "none":
+            self._refuse(splits, "size")
+
     def _verify(self, *splits: str) -> None:
-        for split in splits:
-            verify_shards(self.root, self.manifest, split, self._opt("verify", "sha256"))
+        self._refuse(splits, self._opt("verify", "sha256"))
+
+    def _refuse(self, splits: tuple[str, ...], mode: str) -> None:
+        """``on_error=raise``: a bad shard raises, named. ``skip``: it is kept out of the run and
+        its samples count as lost where it would have been read; a split without one good shard
+        still raises, since nothing could replace it."""
+        for split in dict.fromkeys(s for s in splits if s in self.manifest["splits"]):
+            bad = verify_shards(self.root, self.manifest, split, mode, self._opt("on_error", "raise"))
+            known = self.refused.setdefault(split, {})
+            for file, why in bad.items():
+                if file not in known and self.rank == 0:
+                    log.warning(
+                        "data.on_error=skip: shard %s %s; its samples are skipped", self.root / file, why
+                    )
+                known[file] = why
+            shards = self.manifest["splits"][split]["shards"]
+            if known and len(known) == len(shards):
+                raise ValueError(
+                    f"split '{split}': all {len(shards)} shards are missing or differ from "
+                    f"{self.root / MANIFEST} (e.g. {next(iter(known))} {next(iter(known.values()))}); "
+                    f"data.on_error=skip has nothing left to read: {reprepare_hint(self.root, self.manifest)}"
+                )
 
     def _training_sources(self) -> dict[str, str]:
         """Source name → split; leaves out ``data.holdout_domain`` and unselected sources."""
@@ -179,6 +213,7 @@ class DataModule:
             tasks=self.tasks,
             name=split,
             attrs=self.attrs,
+            refused=dict(self.refused.get(split, {})),
         )
 
     def _build_mixture(self) -> None:
@@ -217,10 +252,7 @@ class DataModule:
             raise ValueError(
                 f"data.episodic: set data.episode_group (a task of {self.cfg.name}: {list(self.tasks)})"
             )
-        splits = {
-            n: IndexedSplit(self.root, s, self.manifest["splits"][s], self.tasks, self.attrs)
-            for n, s in self.sources.items()
-        }
+        splits = {n: self._indexed(s) for n, s in self.sources.items()}
         self.episodes = EpisodeSampler(
             splits,
             group,
@@ -240,12 +272,23 @@ class DataModule:
                 self.episodes.info,
             )
 
+    def _indexed(self, split: str) -> IndexedSplit:
+        """A split read through its index, without the samples of refused shards; random access
+        has no epochs, so their samples count as lost once, here."""
+        refused = self.refused.get(split, {})
+        entry = self.manifest["splits"][split]
+        lost = [s for s in entry["shards"] if s["file"] in refused]
+        self.skipped.add(
+            [(s["file"], s["count"], f"{refused[s['file']]} (refused before reading)") for s in lost]
+        )
+        return IndexedSplit(self.root, split, entry, self.tasks, self.attrs, refused=refused)
+
     def _build_aux(self, name: str, aux_cfg: dict) -> None:
         split = aux_cfg.get("split", name)
         if split not in self.manifest["splits"]:
             raise ValueError(f"data.aux.{name}.split: '{split}' not in {list(self.manifest['splits'])}")
         self._verify(split)
-        indexed = IndexedSplit(self.root, split, self.manifest["splits"][split], self.tasks, self.attrs)
+        indexed = self._indexed(split)
         self.aux[name] = BalancedSampler(
             indexed,
             int(aux_cfg.get("batch_size", self.cfg.batch_size)),

@@ -156,47 +156,123 @@ def read_manifest(root: Path) -> dict[str, Any]:
     path = Path(root) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"no {MANIFEST} in {root}: run `medley prepare` for this dataset")
-    return json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
+    check_file_entries(manifest, path)
+    return manifest
+
+
+def _file_entries(manifest: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(key, value) of every file the manifest names, keys written as in the manifest."""
+    for split, entry in manifest.get("splits", {}).items():
+        for k, shard in enumerate(entry.get("shards", [])):
+            yield f"splits.{split}.shards[{k}].file", shard.get("file")
+        if "index" in entry:
+            yield f"splits.{split}.index.file", entry["index"].get("file")
+    pairs = manifest.get("extra", {}).get("pairs_file")
+    if pairs is not None:
+        yield "extra.pairs_file", pairs
+
+
+def _inside(file: Any) -> bool:
+    """A relative path without ``..`` (``/`` or ``\\`` separated, no drive letter)."""
+    if not isinstance(file, str) or not file:
+        return False
+    parts = file.replace("\\", "/").split("/")
+    return parts[0] != "" and ":" not in parts[0] and ".." not in parts
+
+
+def check_file_entries(manifest: dict[str, Any], path: Path | str) -> None:
+    """Refuse a manifest whose file entries leave the dataset directory (absolute, ``..``):
+    a copied or hand-edited manifest must not make a run read files of another dataset."""
+    for key, file in _file_entries(manifest):
+        if not _inside(file):
+            raise ValueError(
+                f"{path}: {key} = {file!r} is not a relative path inside the dataset directory; "
+                f"{reprepare_hint(Path(path).parent, manifest)} to write a valid manifest"
+            )
 
 
 # ------------------------------------------------------------------------------ verification
 _VERIFIED: set[tuple[str, int, int, str]] = set()  # (path, size, mtime_ns, sha256) already checked
 
 
-def verify_shards(
-    root: Path, manifest: dict[str, Any], split: str | None = None, mode: str = "sha256"
-) -> None:
-    """Refuse shards whose sha256 (``mode="sha256"``) or size (``"size"``) differs from the
-    manifest, naming the shard. Missing shards are left to the reader (``data.on_error``)."""
+def reprepare_hint(root: Path, manifest: dict[str, Any]) -> str:
+    """How to rewrite a damaged copy: the dataset's own command (keys too for a non-default copy)."""
+    name = manifest.get("name", "NAME")
+    keys = "" if Path(root).name == name else " with this run's dataset keys"
+    return f"re-run `medley prepare {name} --force`{keys}"
+
+
+def shard_problems(root: Path, manifest: dict[str, Any], split: str, mode: str = "sha256") -> dict[str, str]:
+    """``{file: what is wrong}`` for the shards of ``split`` that differ from the manifest.
+
+    ``mode="size"`` only stats (missing, other size: cheap on any filesystem); ``"sha256"``
+    also hashes, once per (file, size, mtime); ``"none"`` checks nothing.
+    """
+    problems: dict[str, str] = {}
     if mode == "none":
-        return
+        return problems
+    manifest_path = Path(root) / MANIFEST
+    for shard in manifest["splits"][split]["shards"]:
+        path = Path(root) / shard["file"]
+        try:
+            st = path.stat()
+        except OSError as exc:
+            why = "is missing" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc.strerror})"
+            problems[shard["file"]] = f"{why}, listed in {manifest_path}"
+            continue
+        size = shard.get("bytes")
+        if size is not None and st.st_size != size:
+            problems[shard["file"]] = f"has {st.st_size} bytes, the manifest {manifest_path} says {size}"
+        elif mode == "sha256" and not _sha256_matches(path, st, shard["sha256"]):
+            problems[shard["file"]] = f"does not match the sha256 in {manifest_path}"
+    return problems
+
+
+def _sha256_matches(path: Path, st: os.stat_result, digest: str) -> bool:
+    key = (str(path), st.st_size, st.st_mtime_ns, digest)
+    if key in _VERIFIED:
+        return True
+    if _sha256(path) != digest:
+        return False
+    _VERIFIED.add(key)
+    return True
+
+
+def verify_shards(
+    root: Path,
+    manifest: dict[str, Any],
+    split: str | None = None,
+    mode: str = "sha256",
+    on_error: str = "raise",
+) -> dict[str, str]:
+    """Check the shards (and the index) of ``split`` (all splits: None) against the manifest.
+
+    A missing shard, or one whose size (``mode="size"``) or sha256 (``"sha256"``) differs,
+    raises naming it with ``on_error="raise"``; with ``"skip"`` it is returned as
+    ``{file: what is wrong}`` for the reader to count as lost. A changed index always raises:
+    random access through it cannot skip.
+    """
+    refused: dict[str, str] = {}
+    if mode == "none":
+        return refused
+    hint = reprepare_hint(root, manifest)
     for name, entry in manifest["splits"].items():
         if split is not None and name != split:
             continue
-        files = [(s["file"], s["sha256"], s.get("bytes")) for s in entry["shards"]]
-        if "index" in entry:
-            files.append((entry["index"]["file"], entry["index"]["sha256"], None))
-        for file, digest, size in files:
-            path = Path(root) / file
-            if not path.exists():
-                continue
-            st = path.stat()
-            if size is not None and st.st_size != size:
+        for file, why in shard_problems(root, manifest, name, mode).items():
+            if on_error == "raise":
+                raise ValueError(f"shard {Path(root) / file} {why}; {hint}")
+            refused[file] = why
+        index = entry.get("index")
+        path = Path(root) / index["file"] if index else None
+        if mode == "sha256" and path is not None and path.exists():
+            if not _sha256_matches(path, path.stat(), index["sha256"]):
                 raise ValueError(
-                    f"shard {path} has {st.st_size} bytes, the manifest {Path(root) / MANIFEST} says {size}; "
-                    "re-prepare it (medley prepare NAME --force)"
+                    f"index {path} of split '{name}' does not match the sha256 in "
+                    f"{Path(root) / MANIFEST}; {hint}"
                 )
-            if mode != "sha256":
-                continue
-            key = (str(path), st.st_size, st.st_mtime_ns, digest)
-            if key in _VERIFIED:
-                continue
-            if _sha256(path) != digest:
-                raise ValueError(
-                    f"shard {path} does not match the sha256 in {Path(root) / MANIFEST}; "
-                    "re-prepare it (medley prepare NAME --force)"
-                )
-            _VERIFIED.add(key)
+    return refused
 
 
 # ----------------------------------------------------------------------------------- reading

@@ -7,6 +7,7 @@ declares that many training sources (``train.s0``...), each labelled for its own
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from framework.data.builtin import PreparedDataConfig
-from framework.data.shards import MANIFEST, write_manifest, write_split
+from framework.data.shards import MANIFEST, load_index, write_manifest, write_split
 from framework.registry import register_dataset
 
 
@@ -40,19 +41,26 @@ def toy_samples(n: int, start: int, task: str = "cls", source: int | None = None
 def _write_counts(
     out_dir: Path, split: str, counts: list[int], start: int, task: str = "cls", source: int | None = None
 ) -> dict:
-    """One ``write_split`` per shard so that shard sizes are exactly ``counts``."""
+    """One ``write_split`` per shard so that shard sizes are exactly ``counts``; the parts'
+    indexes are merged into the split's index (random access: auxiliary streams)."""
     entry = {"count": 0, "shards": []}
-    offset = start
+    offset, parts = start, []
     for k, n in enumerate(counts):
         part = write_split(out_dir, f"{split}.part{k}", toy_samples(n, offset, task, source), n, min_shards=1)
         shard = part["shards"][0]
         target = out_dir / f"{split}-{k:06d}.tar"
         (out_dir / shard["file"]).rename(target)
         shard["file"] = target.name
+        index = load_index(out_dir, part)
+        index["shard"][:] = k
+        parts.append(index)
         (out_dir / part["index"]["file"]).unlink()
         entry["shards"].append(shard)
         entry["count"] += n
         offset += n
+    index_file = out_dir / f"{split}.index.npz"
+    np.savez(index_file, **{key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
+    entry["index"] = {"file": index_file.name, "sha256": hashlib.sha256(index_file.read_bytes()).hexdigest()}
     return entry
 
 
@@ -96,6 +104,13 @@ def randomize(path: Path, seed: int = 0) -> None:
     path.write_bytes(
         np.random.default_rng(seed).integers(0, 256, path.stat().st_size, dtype=np.uint8).tobytes()
     )
+
+
+def change_byte(path: Path, offset: int = 2000) -> None:
+    """Flip one bit: same size, different sha256 (a shard changed since it was prepared)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1
+    path.write_bytes(bytes(data))
 
 
 def sample_offsets(path: Path) -> list[int]:
