@@ -123,7 +123,16 @@ class StepContext:
 
     # --- communication and logging ---------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduce ``tensor`` across ranks in place and return it; ``op``: sum | mean | max | min."""
         return self._t.strategy.all_reduce(tensor, op)
+
+    @property
+    def rank_sum(self):
+        """``None`` in one process, else a function summing a tensor over ranks: the ``reduce``
+        argument of ``framework.lookahead`` (``inner_step(..., reduce=ctx.rank_sum, world_size=ctx.world_size)``)."""
+        if self.world_size == 1:
+            return None
+        return lambda t: self.all_reduce(t, "sum")
 
     def log(self, name: str, value: float | torch.Tensor, reduce: str = "mean") -> None:
         """Log a non-loss value; averaged over the log window, then reduced across ranks

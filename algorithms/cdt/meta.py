@@ -17,7 +17,9 @@ Data parallel: every rank holds part of each domain's batch. The inner gradient,
 statistics and (through the caller) G are summed over ranks, so the update equals one
 process on the whole batch. Where the graph runs through a reduction (the inner gradient at
 second order, Σ when not detached), the reduction is differentiable: its backward sums the
-cotangents of every rank, which is exactly the global gradient once G is averaged.
+cotangents of every rank, which is exactly the global gradient once G is averaged. The
+fast weights, that reduction and the buffer handling are ``framework.lookahead``; this module
+assembles CDT's losses around them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.func import functional_call
 
 from algorithms._face.heads import margin_loss
 from algorithms.cdt.losses import (
@@ -37,8 +38,7 @@ from algorithms.cdt.losses import (
     trace_normalize,
     triplet_loss,
 )
-
-Reduce = Callable[[torch.Tensor], torch.Tensor]
+from framework.lookahead import Reduce, average_grads, forward_at, inner_step, sum_over_ranks, trainable
 
 
 @dataclass
@@ -53,26 +53,6 @@ class MetaSettings:
     rho: float = 1.0
     normalize: str = "none"  # none | l2_trace
     detach_cov: bool = False
-
-
-class _SumOverRanks(torch.autograd.Function):
-    """A sum over ranks whose backward is again a sum over ranks (every rank's cotangent
-    reaches every rank's input)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, reduce: Reduce) -> torch.Tensor:
-        ctx.reduce = reduce
-        return reduce(x.detach().clone())
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return ctx.reduce(grad.contiguous().clone()), None
-
-
-def differentiable(reduce: Reduce | None) -> Reduce | None:
-    if reduce is None:
-        return None
-    return lambda t: _SumOverRanks.apply(t, reduce) if t.requires_grad else reduce(t.clone())
 
 
 def domain_losses(out: dict[str, torch.Tensor], labels: torch.Tensor, triplets: tuple, settings: MetaSettings):
@@ -91,19 +71,11 @@ def domain_covariances(fmap: torch.Tensor, triplets: tuple, settings: MetaSettin
     if settings.normalize == "l2_trace":
         fmap = normalize_locations(fmap)
     a, p, n = triplets
-    red = None if reduce is None else (differentiable(reduce) if not settings.detach_cov else reduce)
+    red = reduce if settings.detach_cov else sum_over_ranks(reduce)
     sig_p, sig_n = pair_covariance(fmap[a], fmap[p], red), pair_covariance(fmap[a], fmap[n], red)
     if settings.normalize == "l2_trace":
         sig_p, sig_n = trace_normalize(sig_p), trace_normalize(sig_n)
     return sig_p, sig_n
-
-
-def _mean_over_ranks(grads: list[torch.Tensor], reduce: Reduce | None, world: int, keep_graph: bool):
-    if reduce is None or world == 1:
-        return grads
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    flat = (differentiable(reduce) if keep_graph else reduce)(flat if keep_graph else flat.detach()) / world
-    return [piece.view_as(g) for piece, g in zip(torch.split(flat, [g.numel() for g in grads]), grads)]
 
 
 def pair_objective(model: torch.nn.Module, batch_i: dict, batch_j: dict, settings: MetaSettings,
@@ -114,23 +86,15 @@ def pair_objective(model: torch.nn.Module, batch_i: dict, batch_j: dict, setting
     ``labels['identity']``. The meta-train forward is the real one (it updates BatchNorm
     statistics); the Θ' forward does not.
     """
-    params = {k: v for k, v in model.named_parameters() if v.requires_grad}
     y_j, y_i = batch_j["labels"]["identity"], batch_i["labels"]["identity"]
     trip_j, trip_i = make_triplets(y_j), make_triplets(y_i)
 
     out_j = model(batch_j["image"], y_j)
     loss_s, logs_s = domain_losses(out_j, y_j, trip_j, settings)
-    grads = torch.autograd.grad(loss_s, list(params.values()), create_graph=settings.second_order,
-                                allow_unused=True, retain_graph=True)
-    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params.values())]
-    grads = _mean_over_ranks(grads, reduce, world, keep_graph=settings.second_order)
-    fast = {k: p - settings.alpha * (g if settings.second_order else g.detach())
-            for (k, p), g in zip(params.items(), grads)}
-
-    # the Θ' pass runs on copies of the buffers: BatchNorm running statistics are updated by
-    # the real (meta-train) pass only, and the saved tensors of its graph stay intact
-    buffers = {k: b.clone() for k, b in model.named_buffers()}
-    out_i = functional_call(model, {**fast, **buffers}, (batch_i["image"], y_i), strict=False)
+    fast = inner_step(loss_s, trainable(model), settings.alpha, second_order=settings.second_order,
+                      reduce=reduce, world_size=world)
+    # BatchNorm running statistics are updated by the real (meta-train) pass only
+    out_i = forward_at(model, fast, batch_i["image"], y_i)
     loss_t, logs_t = domain_losses(out_i, y_i, trip_i, settings)
     logs = {"meta_train": loss_s.detach(), "cls_s": logs_s["cls"], "trp_s": logs_s["trp"],
             "cls_t": logs_t["cls"], "trp_t": logs_t["trp"]}
@@ -178,7 +142,7 @@ def meta_step(model: torch.nn.Module, domains: list[dict], pairs: list[tuple[int
         backward(loss / len(pairs))
         for k, v in pair_logs.items():
             logs[k] = logs.get(k, 0.0) + float(v) / len(pairs)
-    average_grads(model, reduce, world)
+    average_grads(trainable(model).values(), reduce, world)
     return logs
 
 
@@ -204,17 +168,5 @@ def pooled_step(model: torch.nn.Module, domains: list[dict], settings: MetaSetti
             loss = loss + settings.triplet_weight * torch.stack(trp).mean()
             logs["trp"] = float(torch.stack(trp).mean().detach())
     backward(loss)
-    average_grads(model, reduce, world)
+    average_grads(trainable(model).values(), reduce, world)
     return logs
-
-
-def average_grads(model: torch.nn.Module, reduce: Reduce | None, world: int) -> None:
-    """p.grad ← mean over ranks, as one flat all-reduce (the model is never run through the
-    data-parallel wrapper here, so nothing else synchronises it)."""
-    if reduce is None or world == 1:
-        return
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = reduce(torch.cat([g.reshape(-1) for g in grads]).clone()) / world
-    for p, g in zip(params, torch.split(flat, [p.numel() for p in params])):
-        p.grad = g.view_as(p).clone()

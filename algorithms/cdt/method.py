@@ -3,7 +3,7 @@
 
 Each training batch is ``{domain_name: batch}`` (episodic P×K batches, ``labels['identity']``
 global over all source identities, one classifier row per identity). Config keys: see
-``CDTConfig``. The meta loop runs on the *unwrapped* model with ``torch.func.functional_call``
+``CDTConfig``. The meta loop runs on the *unwrapped* model with ``framework.lookahead``
 (a data-parallel wrapper would synchronise the inner gradient as if it were the real one), so
 the accumulated gradient is averaged over ranks here with ``ctx.all_reduce``.
 """
