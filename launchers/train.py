@@ -15,7 +15,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from framework.config import CONFIG_DIR, ConfigError, register_schema, validate
+from framework.config import CONFIG_DIR, ConfigError, compose_overrides, register_schema, validate
 from framework.registry import RegistryError, load_plugins
 
 _LOCAL_RANK_ARG = re.compile(r"^--local[_-]rank(=(\d+))?$")
@@ -41,6 +41,26 @@ def strip_local_rank(argv: list[str]) -> list[str]:
     return out
 
 
+def check_overrides(argv: list[str]) -> None:
+    """Compose once before ``hydra.main`` does, to report a mistyped key with the valid keys
+    closest to it: Hydra's own answer ("To append to your config use +key=value") is one the
+    schema then refuses. Other composition problems are left to Hydra's report, and so are the
+    modes this compose would not mirror (multirun sweeps, extra config directories)."""
+    from hydra._internal.utils import get_args_parser  # Hydra's parser of its own command line
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.multirun or args.config_dir or args.config_path or args.experimental_rerun:
+        return
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    try:
+        compose_overrides(args.overrides, args.config_name or "train")
+    except ConfigError as exc:
+        sys.exit(f"medley: config error: {exc}")
+    except Exception:  # Hydra meets it again in hydra.main and reports it in its own words
+        return
+
+
 def prepare_cli() -> None:
     sys.argv = strip_local_rank(sys.argv)
     try:
@@ -48,6 +68,7 @@ def prepare_cli() -> None:
     except RegistryError as exc:
         sys.exit(f"medley: plugin error: {exc}")
     register_schema()
+    check_overrides(sys.argv[1:])
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

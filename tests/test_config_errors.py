@@ -15,6 +15,9 @@ CASES = [
     (["trainer.precision=fp8"], "trainer.precision"),
     (["strategy=nope"], "single"),
     (["name=???"], "name"),
+    (["trainer.log_every=0"], "trainer.log_every=0: must be >= 1"),  # the run would divide by it
+    (["optim.lr=-0.1"], "optim.lr=-0.1: must be > 0"),
+    (["+trainer.log_evry=1"], "did you mean trainer.log_every?"),  # Hydra's own advice, taken
 ]
 
 
@@ -57,3 +60,35 @@ def test_every_shipped_config_composes(compose):
             cfg = compose(f"{group}={path.stem}")
             if group in registries and path.stem in registries[group].names():
                 assert cfg[group].name == path.stem, f"{path}: name must equal the file name"
+
+
+@pytest.mark.parametrize("entry", [["launchers.train"], ["launchers.cli", "train"]],
+                         ids=["python-m", "medley"])
+@pytest.mark.parametrize("extra", [[], ["--cfg", "job"]], ids=["train", "cfg-job"])
+def test_mistyped_key_gets_the_closest_valid_key_not_hydras_plus_advice(entry, extra, tmp_path):
+    out = run_cli("-m", *entry, "algorithm=cdt", "algorithm.alpah=1", *extra, f"paths.run_root={tmp_path}")
+    assert out.returncode != 0
+    expected = "Key 'algorithm.alpah' is not in the config of algorithm 'cdt'; did you mean algorithm.alpha?"
+    assert expected in out.stderr
+    assert "+algorithm.alpah" not in out.stderr + out.stdout
+
+
+def test_every_mistyped_key_is_reported_at_once():
+    out = run_cli("-m", "launchers.train", "trainr.log_every=1", "optim.lrr=0.1", "lr=0.1")
+    assert out.returncode != 0
+    assert "Key 'trainr.log_every' is not in the config; did you mean trainer.log_every?" in out.stderr
+    assert "Key 'optim.lrr' is not in the config; did you mean optim.lr?" in out.stderr
+    assert "Key 'lr' is not in the config; did you mean optim.lr?" in out.stderr
+
+
+def test_programmatic_compose_suggests_the_closest_key():
+    from framework.config import ConfigError, compose_overrides, register_schema
+    from framework.registry import load_plugins
+
+    load_plugins()
+    register_schema()
+    with pytest.raises(ConfigError, match=r"Key 'trainer\.log_evry' is not in the config; "
+                                          r"did you mean trainer\.log_every\?"):
+        compose_overrides(["trainer.log_evry=1"])
+    with pytest.raises(ConfigError, match="valid keys under algorithm: name$"):
+        compose_overrides(["algorithm.zzzz=1"])  # nothing close: the keys that exist there

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Any
 
-from framework.config import AlgorithmConfig
+from framework.config import AlgorithmConfig, ranged
 from framework.registry import register_algorithm
 
 
@@ -18,15 +18,16 @@ class GradSplitConfig(AlgorithmConfig):
     relation: Any = "identity"
     relation_file: str | None = None  # JSON table written by `medley gradsplit-relations`
     # pairwise rule: R[i][j] = 1 iff metric_i(with j) >= metric_i(alone) - eps; None = the table's eps
-    pairwise_eps: float | None = None
-    lookahead_steps: int = 100  # lookahead: warm-up steps of plain sharing while the affinity is measured
-    lookahead_every: int = 5  # lookahead: measure on every k-th warm-up step
-    lookahead_lr: float = 0.0  # lookahead: step size eta; 0 = the optimizer's current learning rate
+    pairwise_eps: float | None = ranged(None, ge=0)
+    # lookahead: warm-up steps of plain sharing while the affinity is measured
+    lookahead_steps: int = ranged(100, ge=1)
+    lookahead_every: int = ranged(5, ge=1)  # lookahead: measure on every k-th warm-up step
+    lookahead_lr: float = ranged(0.0, ge=0)  # lookahead: step size eta; 0 = the optimizer's current lr
     split_modules: list | None = None  # backbone module names; None = every block of the last stage
     mode: str = "per_sample"  # per_sample (one labelled task per sample) | exact | random_task
     # BatchNorm after the first split module, without gradient paths between tasks:
     # chunk (statistics per task sub-batch) | cut (whole-batch statistics, cross-task gradient cut) | none
     task_bn: str = "chunk"
     bn_running_stats: str = "task_mean"  # chunk only: task_mean | batch, what the shared running stats track
-    min_group_channels: int = 8
+    min_group_channels: int = ranged(8, ge=1)
     tasks: list | None = None  # train only these tasks (pairwise relation runs); None = all

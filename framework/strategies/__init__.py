@@ -8,7 +8,7 @@ from ``trainer.*``; a strategy only adds what is specific to its backend.
 
 from dataclasses import dataclass, field
 
-from framework.config import StrategyConfig
+from framework.config import StrategyConfig, ranged
 from framework.registry import register_strategy
 
 
@@ -28,7 +28,7 @@ class DDPConfig(StrategyConfig):
 
     name: str = "ddp"
     backend: str = "auto"  # auto (nccl with GPUs, gloo on CPU) | nccl | gloo
-    timeout_s: int = 1800  # collective timeout: a desynchronised rank fails after this long
+    timeout_s: int = ranged(1800, ge=1)  # collective timeout: a desynchronised rank fails after this long
 
 
 @register_strategy("deepspeed", impl="framework.strategies.deepspeed:DeepSpeedStrategy")
@@ -37,8 +37,9 @@ class DeepSpeedConfig(StrategyConfig):
     """DeepSpeed ZeRO data parallelism (sharded optimizer state / gradients / parameters)."""
 
     name: str = "deepspeed"
-    zero_stage: int = 2  # 0 (plain data parallel) | 1 optimizer state | 2 + gradients | 3 + parameters
+    # 0 (plain data parallel) | 1 optimizer state | 2 + gradients | 3 + parameters
+    zero_stage: int = ranged(2, ge=0, le=3)
     backend: str = "auto"  # auto (nccl with GPUs, gloo on CPU) | nccl | gloo
-    timeout_s: int = 1800
+    timeout_s: int = ranged(1800, ge=1)
     cpu_shm_allreduce: bool = False  # compile DeepSpeed's shared-memory CPU all-reduce op (minutes, once)
     extra: dict = field(default_factory=dict)  # further DeepSpeed config keys (e.g. zero_optimization.*)

@@ -7,7 +7,7 @@ only change how the shards are read.
 
 from dataclasses import dataclass, field
 
-from framework.config import DataConfig
+from framework.config import DataConfig, ranged
 from framework.registry import register_dataset
 
 
@@ -15,17 +15,20 @@ from framework.registry import register_dataset
 class PreparedDataConfig(DataConfig):
     """Keys every built-in dataset shares."""
 
-    seed: int = 0  # construction seed (pairs, placements, splits of synthetic data)
-    min_shards: int = 8  # every split is written as at least this many shards
+    # construction seed (pairs, placements, splits of synthetic data)
+    seed: int = ranged(0, ge=0, le=2**32 - 1)
+    min_shards: int = ranged(8, ge=1)  # every split is written as at least this many shards
     # --- loader-only keys (do not select a prepared copy) ---
-    verify: str = "sha256"  # sha256 | size | none: check shards against the manifest at start-up
+    # sha256 | size (stat only) | none (no start-up check): shards of the splits in use vs the manifest;
+    # eval splits are hashed when first read
+    verify: str = "sha256"
     mix_weights: dict = field(default_factory=dict)  # source -> weight (default: source sizes)
     mix_unit: str = "sample"  # sample: rows split over sources per batch | batch: one source per batch
     train_sources: list = field(default_factory=list)  # subset of the manifest's sources (default: all)
     phase_sources: dict = field(default_factory=dict)  # phase -> sources active in that phase
     episodic: bool = False  # per step {domain: P x K batch} instead of one batch
-    episode_p: int = 8  # groups (identities) per domain and step
-    episode_k: int = 4  # samples per group
+    episode_p: int = ranged(8, ge=1)  # groups (identities) per domain and step
+    episode_k: int = ranged(4, ge=1)  # samples per group
     episode_group: str = ""  # task that defines the groups (default: the manifest's, e.g. identity)
     holdout_domain: str = ""  # a source/domain left out of training (leave-one-domain-out)
     aux: dict = field(default_factory=dict)  # name -> {split, batch_size, balance}: ctx.aux(name)
@@ -62,7 +65,7 @@ class SklearnDigitsConfig(PreparedDataConfig):
     """scikit-learn's 1,797 8x8 digits (other writers), upsampled to image_size, task digit."""
 
     name: str = "sklearn_digits"
-    image_size: int = 28  # 8 keeps the native resolution
+    image_size: int = ranged(28, ge=1)  # 8 keeps the native resolution
 
 
 @register_dataset("opencv_digits", impl="framework.data.builtin.single:prepare")
@@ -105,11 +108,12 @@ class MultiSourceConfig(PreparedDataConfig):
     """Each sample from one source, labelled for that source's task only (others -1)."""
 
     name: str = "multi_source"
-    canvas: int = 32  # objects are placed at a random offset on a canvas of this size
+    canvas: int = ranged(32, ge=28)  # objects are placed at a random offset on a canvas of this size
     families: list = field(default_factory=lambda: ["digit", "garment", "animal"])
     competing: str = "noisy_digit"  # none | noisy_digit: MNIST canvases with partly wrong labels
-    noise: float = 0.5  # fraction of the competing task's labels replaced by a random other class
-    competing_size: int = 10000  # training samples of the competing source
+    # fraction of the competing task's labels replaced by a random other class
+    noise: float = ranged(0.5, ge=0, le=1)
+    competing_size: int = ranged(10000, ge=5)  # training samples of the competing source (val, test: a fifth)
 
 
 # ------------------------------------------------------------------------ 3. dense scenes
@@ -119,12 +123,12 @@ class DenseScenesConfig(PreparedDataConfig):
     """64x64 scenes of overlapping objects: per-pixel class, layer order (depth), edges, counts."""
 
     name: str = "dense_scenes"
-    size: int = 64
-    min_objects: int = 2
-    max_objects: int = 4
+    size: int = ranged(64, ge=36)  # the largest object is 36 px
+    min_objects: int = ranged(2, ge=1)
+    max_objects: int = ranged(4, ge=1)
     families: list = field(default_factory=lambda: ["digit", "animal"])
-    train_size: int = 10000
-    eval_size: int = 1000  # val and test each
+    train_size: int = ranged(10000, ge=1)
+    eval_size: int = ranged(1000, ge=1)  # val and test each
 
 
 # --------------------------------------------------------------- 4. label-shift segmentation
@@ -134,10 +138,10 @@ class SegLabelShiftConfig(PreparedDataConfig):
     """Three segmentation datasets with conflicting label spaces plus an unseen domain."""
 
     name: str = "seg_label_shift"
-    size: int = 48
-    train_per_dataset: int = 4000
-    eval_per_dataset: int = 500
-    unseen_size: int = 1000
+    size: int = ranged(48, ge=28)  # the largest object is 28 px
+    train_per_dataset: int = ranged(4000, ge=1)
+    eval_per_dataset: int = ranged(500, ge=1)
+    unseen_size: int = ranged(1000, ge=1)
 
 
 # ---------------------------------------------------------------------- 5. domain sequence
@@ -147,8 +151,8 @@ class DigitDomainsConfig(PreparedDataConfig):
     """10 digit classes in 4 domains (MNIST, MNIST-M-style, rotated+coloured, OpenCV) + sklearn unseen."""
 
     name: str = "digit_domains"
-    train_per_domain: int = 15000  # for the three MNIST-based domains (disjoint MNIST digits)
-    max_rotation: float = 45.0
+    train_per_domain: int = ranged(15000, ge=1)  # for the three MNIST-based domains (disjoint MNIST digits)
+    max_rotation: float = ranged(45.0, ge=0, le=180)  # degrees, either way
 
 
 # ---------------------------------------------------------------------------------- 6. faces
@@ -162,10 +166,11 @@ class FacesConfig(PreparedDataConfig):
     src: list = field(default_factory=list)  # <identity>/<image> folders (replace the preset)
     domains: list = field(default_factory=list)  # a name per src folder (default: folder names)
     faces_root: str | None = None  # folder holding the preset's sets (default: see preset)
-    image_size: int = 112
-    channels: int = 3
-    val_identities: float = 0.1  # fraction of each domain's identities held out for val
-    test_identities: float = 0.25  # ... and for test (verification pairs come from these)
-    meta_per_identity: int = 1  # images of each training identity kept for the 'meta' split
-    pairs_per_domain: int = 3000  # cap on verification pairs per split and domain (half positive)
+    image_size: int = ranged(112, ge=1)
+    channels: int = ranged(3, choices=(1, 3))  # grey or RGB
+    val_identities: float = ranged(0.1, ge=0, lt=1)  # fraction of each domain's identities held out for val
+    test_identities: float = ranged(0.25, ge=0, lt=1)  # ... and for test (verification pairs come from these)
+    meta_per_identity: int = ranged(1, ge=0)  # images of each training identity kept for the 'meta' split
+    # cap on verification pairs per split and domain (half positive)
+    pairs_per_domain: int = ranged(3000, ge=2)
     attributes: list = field(default_factory=list)  # metadata.csv columns kept as per-image attributes
