@@ -2,6 +2,8 @@
 
 from framework.algorithm import Algorithm, Capabilities
 from framework.config import AlgorithmConfig, DataConfig, StrategyConfig
+from framework.evalsets import EvalSet
+from framework.phases import Phase
 from framework.registry import register_algorithm, register_dataset, register_strategy
 
 __all__ = [
@@ -9,6 +11,8 @@ __all__ = [
     "AlgorithmConfig",
     "Capabilities",
     "DataConfig",
+    "EvalSet",
+    "Phase",
     "StrategyConfig",
     "register_algorithm",
     "register_dataset",

@@ -20,7 +20,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class EvalSet:
-    """``split`` rows whose ``select[key]`` (a task label or an attribute) is one of the listed values."""
+    """``split`` rows whose ``select[key]`` is one of the listed values; ``key`` is a task (its label), an
+    attribute, or a per-row id the batch carries (``domain``, ``source``, ``person``)."""
 
     name: str
     split: str
@@ -54,9 +55,12 @@ def selection_mask(batch: dict, select: dict[str, tuple]):
         column = batch.get("labels", {}).get(key)
         if column is None:
             column = batch.get("attrs", {}).get(key)
+        if column is None and key in ("domain", "source", "person"):
+            column = batch.get(key)
         if column is None:
             raise KeyError(f"evaluation set selects on '{key}', which is neither a task nor an attribute of the "
-                           f"batch (tasks: {sorted(batch.get('labels', {}))}, attributes: {sorted(batch.get('attrs', {}))})")
+                           f"batch (tasks: {sorted(batch.get('labels', {}))}, attributes: "
+                           f"{sorted(batch.get('attrs', {}))}, ids: domain, source, person where present)")
         allowed = torch.as_tensor(list(values), device=column.device, dtype=column.dtype)
         keep = keep & torch.isin(column, allowed)
     return keep

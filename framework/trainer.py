@@ -136,9 +136,10 @@ class Trainer:
 
         wall = self.training_time()
         self.save_checkpoint()  # saved before the final evaluation: a crash in eval must not lose it
-        for split in dict.fromkeys([cfg.eval_split, "test", *self.cfg.data.get("eval_splits", [])]):
-            if split in self.data.manifest["splits"]:
-                self.final_metrics.update(self.evaluate(split))
+        known = {*self.data.manifest["splits"], *(cfg.get("eval_sets") or {}), *(s.name for s in self.algorithm.eval_sets())}
+        for name in dict.fromkeys([cfg.eval_split, "test", *self.cfg.data.get("eval_splits", [])]):
+            if name in known:
+                self.final_metrics.update(self.evaluate(name))
         logger.write(ctx.global_step, self.final_metrics)
         logger.close()
         summary = self.summary(wall)
