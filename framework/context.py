@@ -66,6 +66,13 @@ class StepContext:
         """The autocast context of ``trainer.precision`` (the one the trainer wraps steps in)."""
         return self._t.autocast()
 
+    def batches(self, split: str) -> Iterator[dict]:
+        """Every sample of ``split`` exactly once across ranks, in order, on this rank's device; padding
+        rows have ``mask=False`` (so ranks run the same number of batches). For passes over a split
+        inside a phase hook, e.g. statistics reduced with ``ctx.all_reduce``."""
+        for batch in self._t.data.eval_loader(split):
+            yield self.to_device(batch)
+
     def evaluate(self, name: str) -> dict[str, float]:
         """Evaluate the current model on an evaluation set or split now (every rank must call it);
         returns ``{name/task/metric: value}``."""
