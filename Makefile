@@ -27,7 +27,7 @@ install: $(STAMP)
 
 ## A real training run on built-in data: equal-weight MTL on MultiMNIST (prepared on first use).
 demo: $(STAMP)
-	$(PY) -m framework.cli train experiment=demo
+	$(VENV)/bin/medley train experiment=demo
 
 ## Debian-packaged sources (Fashion-MNIST, the OpenCV digit sheet), fetched without root.
 data-debs:

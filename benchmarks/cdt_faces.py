@@ -37,7 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from algorithms.cdt.bench import compose, diagnostics, fmt, markdown
+from benchmarks.cdt_bench import diagnostics, fmt, markdown
+from framework.compose import compose
 from framework.hooks import Hook
 from framework.metrics.verification import Verification
 

@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from algorithms._face.episodes import MemoryEpisodes
-from algorithms.cdt.bench import fmt, make_config, markdown, mean_std, run_once
+from benchmarks.cdt_bench import fmt, make_config, markdown, mean_std, run_once
 
 DOMAINS = ("clean", "blur", "rot", "noise")
 HELD_OUT = ("rot", "noise", "blur")

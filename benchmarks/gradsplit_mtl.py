@@ -34,8 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from algorithms.gradsplit.pairwise import build_table, compose, run_config, task_sources
+from algorithms.gradsplit.pairwise import build_table, run_config, task_sources
 from algorithms.gradsplit.report import delta_m, fmt, markdown_table, mean_std
+from framework.compose import compose
 from framework.hooks import Hook
 
 ARMS = {  # name -> algorithm overrides (single_task is run per task, see run_single)

@@ -5,9 +5,11 @@ Registration must not import torch: the CLI loads every plugin to type-check the
 registers its config dataclass together with either its implementation class or an
 ``"module:Class"`` string that is imported only when the run is built.
 
-Third-party plugins need no change to this repository: they expose a module through the
-entry-point groups ``medley.algorithms``, ``medley.strategies`` or ``medley.datasets``;
-importing that module runs the decorator.
+Algorithm plugins, built-in or third-party, are found only through the entry-point group
+``medley.algorithms`` (the built-ins are declared in this repository's ``pyproject.toml``), so
+the engine never names a plugin and a third-party package needs no change here. Strategies and
+datasets of the engine itself are imported directly; others come through ``medley.strategies``
+and ``medley.datasets``. Importing an entry point's module runs the decorator.
 """
 
 from __future__ import annotations
@@ -83,7 +85,10 @@ class Registry:
     def get(self, name: str) -> Entry:
         load_plugins()
         if name not in self._entries:
-            known = ", ".join(sorted(self._entries)) or "(none)"
+            known = ", ".join(sorted(self._entries)) or (
+                f"(none: plugins register through the entry-point group {self.group}; "
+                f"after changing entry points reinstall the package, e.g. `pip install -e .`)"
+            )
             raise RegistryError(f"unknown {self.kind} '{name}'; registered {self.kind}s: {known}")
         return self._entries[name]
 
@@ -122,12 +127,13 @@ _loaded = False
 
 
 def load_plugins(force: bool = False) -> None:
-    """Import the built-in plugin packages, then every entry point of the three groups."""
+    """Import the engine's own strategies and datasets, then every entry point of the three
+    groups (which is how algorithms, the built-in ones included, register)."""
     global _loaded
     if _loaded and not force:
         return
     _loaded = True
-    for module in ("framework.strategies", "framework.data.builtin", "algorithms"):
+    for module in ("framework.strategies", "framework.data.builtin"):
         importlib.import_module(module)
     for reg in (ALGORITHMS, STRATEGIES, DATASETS):
         for ep in entry_points(group=reg.group):

@@ -62,21 +62,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def compose(overrides: list[str]) -> Any:
     """Compose and validate as ``medley train`` does; Ray runs ``strategy=ddp`` on its process group."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from framework.compose import compose as compose_config
+    from framework.config import ConfigError
 
-    from framework.config import CONFIG_DIR, register_schema, validate
-    from framework.registry import load_plugins
-
-    load_plugins()
-    register_schema()
     if not any(o.split("=", 1)[0].lstrip("+~") == "strategy" for o in overrides):
         overrides = ["strategy=ddp", *overrides]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = validate(hydra_compose("train", overrides=overrides))
+    cfg = compose_config(overrides)
     if cfg.strategy.name != "ddp":
-        from framework.config import ConfigError
-
         raise ConfigError(f"strategy.name: launchers.ray_job trains with strategy=ddp on Ray's process group, "
                           f"got strategy={cfg.strategy.name}")
     return cfg
@@ -180,14 +172,20 @@ def worker_loop(config: dict) -> None:
 
     from framework.config import validate
     from framework.registry import load_plugins
-    from framework.run import train
+    from framework.run import build_strategy, train
 
     load_plugins()
     cfg = validate(OmegaConf.create(config["cfg"]))
     OmegaConf.set_struct(cfg, False)
     cfg.resume = resume_point(Path(cfg.paths.run_dir), cfg.resume)
     OmegaConf.set_struct(cfg, True)
-    train(cfg, hooks=[RayReport(), *(load_hook(h) for h in config["hooks"])])
+    # Ray destroys its process group when the worker group shuts down; the strategy first lets go
+    # of the DDP wrapper and waits for every worker, so no worker leaves while another still talks
+    strategy = build_strategy(cfg)
+    try:
+        train(cfg, hooks=[RayReport(), *(load_hook(h) for h in config["hooks"])], strategy=strategy)
+    finally:
+        strategy.teardown()
 
 
 def resume_point(run_dir: Path, requested: str | None) -> str | None:

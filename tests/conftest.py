@@ -20,15 +20,9 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def compose(data_root, tmp_path):
-    """``compose(*overrides)`` → validated config with a small, fast default setting."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from framework.config import CONFIG_DIR, register_schema, validate
-    from framework.registry import load_plugins
-
-    load_plugins()
-    register_schema()
+    """``compose(*overrides)`` → validated config (``framework.compose``, the CLI's path) with a
+    small, fast default setting."""
+    from framework.compose import compose as compose_config
 
     def _compose(*overrides: str, small: bool = True):
         base = [f"paths.data_root={data_root}", f"paths.run_root={tmp_path / 'runs'}", "logger.progress=off",
@@ -36,11 +30,24 @@ def compose(data_root, tmp_path):
         if small:
             base += ["data.limit=512", "data.batch_size=32", "data.eval_batch_size=128",
                      "model.widths=[8,16]", "trainer.max_steps=8", "trainer.log_every=2"]
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = hydra_compose("train", overrides=base + list(overrides))
-        return validate(cfg)
+        return compose_config(base + list(overrides))
 
     return _compose
+
+
+def declared_entry_points(group: str) -> dict[str, str]:
+    """``name -> value`` of one entry-point group in pyproject.toml (tomllib needs Python 3.11)."""
+    header = f'[project.entry-points."{group}"]'
+    lines = (REPO / "pyproject.toml").read_text().splitlines()
+    assert header in lines, f"pyproject.toml has no {header} section"
+    out = {}
+    for line in lines[lines.index(header) + 1:]:
+        if line.startswith("["):
+            break
+        if "=" in line and not line.lstrip().startswith("#"):
+            name, value = (part.strip() for part in line.split("=", 1))
+            out[name] = value.strip('"')
+    return out
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path = REPO):

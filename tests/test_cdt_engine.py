@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from algorithms._face.episodes import MemoryEpisodes
-from algorithms.cdt.bench import compose, make_config, run_once
+from benchmarks.cdt_bench import make_config, run_once
+from framework.compose import compose
 from tests.conftest import SHARED_DATA
 from tests.helpers.cdt_workers import engine_worker
 from tests.helpers.distributed import run_workers

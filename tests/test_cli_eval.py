@@ -8,7 +8,7 @@ from tests.conftest import run_cli
 
 def test_medley_eval_prints_a_table_and_writes_json(compose, data_root, tmp_path):
     summary = train(compose("trainer.max_steps=4", f"paths.run_dir={tmp_path / 'run'}"))
-    out = run_cli("-m", "framework.cli", "eval", str(tmp_path / "run"), env={"MEDLEY_DATA": str(data_root)})
+    out = run_cli("-m", "launchers.cli", "eval", str(tmp_path / "run"), env={"MEDLEY_DATA": str(data_root)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "test/left/acc" in out.stdout
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
@@ -18,5 +18,5 @@ def test_medley_eval_prints_a_table_and_writes_json(compose, data_root, tmp_path
 
 
 def test_medley_eval_missing_target_names_it(tmp_path):
-    out = run_cli("-m", "framework.cli", "eval", str(tmp_path / "nothing"))
+    out = run_cli("-m", "launchers.cli", "eval", str(tmp_path / "nothing"))
     assert out.returncode != 0 and "nothing" in out.stderr

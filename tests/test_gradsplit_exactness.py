@@ -12,10 +12,12 @@ from algorithms.equal_weight import EqualWeightConfig
 from algorithms.equal_weight.method import EqualWeight
 from algorithms.gradsplit import GradSplitConfig
 from algorithms.gradsplit.method import GradSplit
+from algorithms.gradsplit.model import GradSplitNet
 from algorithms.gradsplit.taskbn import RoutingState, convert_batchnorm
 from framework.models import build_multitask
 from tests.helpers.gradsplit_workers import (
     ASYM,
+    CHAIN,
     TASKS,
     allowed_grads,
     ce_task_loss,
@@ -321,3 +323,62 @@ def test_loading_a_relation_rebuilds_the_masks():
     ce_task_loss(out, batch["labels"], "a").backward()
     for entries in model.group_parameters().values():  # under ASYM, a's loss trains c's group too
         assert all(p.grad[groups == 2].abs().sum() > 0 for _, p, groups in entries)
+
+
+# --- GroupNorm in the routed section ----------------------------------------------------------------
+@pytest.mark.parametrize("task", TASKS)
+def test_forbidden_groups_get_exactly_zero_gradient_with_groupnorm(task):
+    """24 channels in 3 split groups of 8: the model's GroupNorm (8 groups of 3) would put channels
+    6-8 and 15-17 in one normalisation group across two split groups."""
+    model = split_net(CHAIN, norm="group").train()
+    batch = multi_source_batch(4, seed=1)
+    out = model(batch["image"], task_ids=batch["task"])
+    ce_task_loss(out, batch["labels"], task).backward()
+    t = TASKS.index(task)
+    assert all(is_zero(g) for _, g in forbidden_grads(model, t))
+    assert all(g.abs().sum() > 0 for _, g in allowed_grads(model, t))
+
+
+def test_routed_gradient_matches_masked_reference_with_groupnorm():
+    """GroupNorm normalises each sample alone: one routed backward equals T masked backwards (float64),
+    per-sample split-output gradients bit for bit."""
+    model = split_net(CHAIN, norm="group", dtype=torch.float64).train()
+    batch = multi_source_batch(4, seed=5, dtype=torch.float64)
+    ids, labels = batch["task"], batch["labels"]
+    loss_fn = lambda out, t: ce_task_loss(out, labels, TASKS[t])
+    got, got_delta = routed(model, batch["image"], ids, loss_fn)
+    ref, ref_delta = hand_masked_reference(model.net, model, batch["image"], ids, loss_fn)
+    for name in model.split_modules:
+        assert torch.equal(got_delta[name], ref_delta[name]), name
+    assert got.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "widths,tasks,want",
+    [((8, 24), 3, 6), ((8, 48), 3, 6), ((8, 72), 3, 9), ((8, 32), 2, 8)],
+    ids=["24ch-3tasks", "48ch-3tasks", "72ch-3tasks", "32ch-2tasks-already-aligned"],
+)
+def test_groupnorm_groups_are_aligned_inside_split_groups(widths, tasks, want):
+    names = TASKS[:tasks]
+    torch.manual_seed(0)
+    net = build_multitask(model_config("group", widths=widths), data_info(names))
+    model = GradSplitNet(net, names, torch.eye(tasks))
+    norms = model.aligned_norms
+    assert norms  # bn2 and the shortcut's norm of every split block
+    for name, split_module in norms.items():
+        gn = model.net.backbone.get_submodule(name)
+        assert gn.num_groups == want, name
+        split = model.groups[split_module]
+        per_norm_group = split.view(gn.num_groups, -1)  # contiguous, equal GroupNorm groups
+        assert bool((per_norm_group == per_norm_group[:, :1]).all()), name
+
+
+def test_groupnorm_that_cannot_be_aligned_is_refused_naming_the_keys():
+    """32 channels in split groups of 11, 11, 10: only single-channel GroupNorm groups would fit."""
+    torch.manual_seed(0)
+    net = build_multitask(model_config("group", widths=(8, 32)), data_info())
+    with pytest.raises(ValueError,
+                       match=r"model\.norm=group.*stage2\.0.*32 channels.*3 tasks.*model\.widths"):
+        GradSplitNet(net, TASKS, torch.eye(3))

@@ -55,7 +55,7 @@ def test_one_step_applies_summed_projected_gradients_to_the_backbone_and_plain_o
 
     shared = list(model.net.backbone.parameters())
     out = model(batch["image"])
-    from algorithms.equal_weight.method import task_losses
+    from framework.losses import task_losses
 
     losses = task_losses(out, batch["labels"])
     grads = [

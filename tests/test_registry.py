@@ -43,7 +43,7 @@ def test_medley_list_shows_each_registry():
     from tests.conftest import run_cli
 
     for what, expected in [("algorithms", "equal_weight"), ("strategies", "single"), ("datasets", "multimnist")]:
-        out = run_cli("-m", "framework.cli", "list", what)
+        out = run_cli("-m", "launchers.cli", "list", what)
         assert out.returncode == 0, out.stderr
         assert expected in out.stdout
 
@@ -51,6 +51,42 @@ def test_medley_list_shows_each_registry():
 def test_readme_support_matrix_matches_the_declared_capabilities():
     from tests.conftest import REPO, run_cli
 
-    out = run_cli("-m", "framework.cli", "list", "matrix")  # a fresh process: no test-only plugins
+    out = run_cli("-m", "launchers.cli", "list", "matrix")  # a fresh process: no test-only plugins
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() in (REPO / "README.md").read_text(), "regenerate with `medley list matrix`"
+
+
+def test_algorithms_register_only_through_entry_points():
+    """The engine names no plugin: with the ``medley.algorithms`` entry points hidden no algorithm
+    is registered, and asking for one says where registration comes from."""
+    from tests.conftest import run_cli
+
+    code = ("import framework.registry as r\n"
+            "real = r.entry_points\n"
+            "r.entry_points = lambda group: [] if group == 'medley.algorithms' else real(group=group)\n"
+            "print(r.ALGORITHMS.names())\n"
+            "try:\n    r.ALGORITHMS.get('equal_weight')\nexcept r.RegistryError as exc:\n    print(exc)\n")
+    out = run_cli("-c", code)
+    assert out.returncode == 0, out.stderr
+    names, message = out.stdout.strip().splitlines()
+    assert names == "[]"
+    assert "unknown algorithm 'equal_weight'" in message
+    assert "medley.algorithms" in message and "pip install -e" in message
+
+
+def test_every_builtin_algorithm_is_declared_and_installed_as_an_entry_point():
+    from importlib.metadata import entry_points
+
+    from tests.conftest import REPO, declared_entry_points
+
+    declared = declared_entry_points("medley.algorithms")
+    packages = {p.parent.name for p in (REPO / "algorithms").glob("*/__init__.py")
+                if "register_algorithm(" in p.read_text()}
+    assert declared == {name: f"algorithms.{name}" for name in sorted(packages)}, (
+        "each package under algorithms/ that registers an algorithm needs `name = \"algorithms.name\"` in "
+        "pyproject.toml [project.entry-points.\"medley.algorithms\"]")
+    installed = {ep.name: ep.value for ep in entry_points(group="medley.algorithms")
+                 if ep.value.startswith("algorithms.")}
+    assert installed == declared, "the installed entry points are stale: run `pip install --no-deps -e .`"
+    for name, module in declared.items():
+        assert ALGORITHMS.get(name).source == module

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from algorithms.equal_weight.method import task_losses
 from algorithms.gradsplit.model import GradSplitNet
 from algorithms.gradsplit.relation import LookaheadAffinity, initial_relation
 from algorithms.gradsplit.routing import keep_only_task, labelled_task, random_task
 from framework.algorithm import Algorithm, Capabilities
+from framework.config import ConfigError
+from framework.losses import task_losses
 from framework.models import build_multitask
 
 log = logging.getLogger("medley")
@@ -42,13 +43,23 @@ class GradSplit(Algorithm):
     batch (cost 1 + (T-1) x the split section's share); ``random_task`` — fully labelled samples,
     each assigned one task per step (1x cost, 1/T of the labels per step)."""
 
-    # tested on one process and under DDP; DeepSpeed is untested (the look-ahead uses functional_call)
-    capabilities = Capabilities(strategies=("single", "ddp"))
+    # routing masks activation gradients inside one backward, which no ZeRO stage touches: every
+    # strategy runs it (tested: DDP, ZeRO-1/2/3); only the look-ahead relation stays off DeepSpeed
+    capabilities = Capabilities(strategies=("single", "ddp", "deepspeed"))
 
     def __init__(self, config: Any, full_config: Any = None):
         super().__init__(config, full_config)
         if config.mode not in MODES:
             raise ValueError(f"algorithm.mode: '{config.mode}' is not one of {', '.join(MODES)}")
+        strategy = getattr(getattr(full_config, "strategy", None), "name", None)
+        if config.relation == "lookahead" and strategy == "deepspeed":
+            raise ConfigError(
+                "algorithm.relation=lookahead cannot run under strategy=deepspeed: the look-ahead takes each "
+                "task's gradient with torch.autograd.grad through the model, and DeepSpeed's engine treats "
+                "every backward through its model as its own (it reduces and clears the gradients at its "
+                "end). Measure R under strategy=ddp (the run logs it) and pass it as "
+                "algorithm.relation=[[...]]"
+            )
         self.tasks: list[str] = []
         self.affinity: LookaheadAffinity | None = None
         self.relation_fixed = config.relation != "lookahead"

@@ -3,11 +3,15 @@
 ``GradSplitNet`` wraps a ``MultiTaskNet`` without changing its forward computation. Each
 split module (a backbone stage, block or layer, named like ``stage3`` or ``stage3.1``) gets a
 forward hook that inserts ``GradMask`` on its output; BatchNorm layers after the first split
-module become task-wise. ``forward(x)`` in eval mode, or without task ids, is exactly the
-wrapped network's forward.
+module become task-wise, and GroupNorm layers that feed a split output are regrouped so that no
+normalisation group straddles two split groups. ``forward(x)`` in eval mode, or without task
+ids, is exactly the (regrouped) wrapped network's forward.
 """
 
 from __future__ import annotations
+
+import logging
+import math
 
 import torch
 from torch import nn
@@ -15,6 +19,8 @@ from torch import nn
 from algorithms.gradsplit.routing import GradMask, channel_groups, mask_table
 from algorithms.gradsplit.taskbn import RoutingState, convert_batchnorm
 from framework.models.resnet import BasicBlock
+
+log = logging.getLogger("medley")
 
 
 def default_split_modules(backbone: nn.Module) -> list[str]:
@@ -36,6 +42,38 @@ def output_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
     if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.GroupNorm)):
         return dict(module.named_parameters())
     raise TypeError(f"cannot split a {type(module).__name__}: tap a stage, a block, a conv or a norm layer")
+
+
+def output_group_norms(module: nn.Module) -> dict[str, nn.GroupNorm]:
+    """GroupNorm layers between the module's output filters and its output.
+
+    Their statistics mix the channels of a normalisation group, so the gradient a task may send
+    to one channel also reaches the filters of the other channels in that group. A tapped
+    GroupNorm itself is not listed: the mask sits on its own output, and its per-channel
+    affine parameters see only their own channel's gradient."""
+    if isinstance(module, nn.Sequential):
+        prefix = str(len(module) - 1)
+        return {f"{prefix}.{k}": m for k, m in output_group_norms(module[-1]).items()}
+    if isinstance(module, BasicBlock):
+        found = {"bn2": module.bn2, **{f"short.{k}": m for k, m in module.short.named_children()}}
+        return {k: m for k, m in found.items() if isinstance(m, nn.GroupNorm)}
+    return {}
+
+
+def aligned_group_count(num_groups: int, groups: torch.Tensor) -> int | None:
+    """The GroupNorm group count nearest ``num_groups`` whose groups each lie within one split
+    group (``groups``: split group per channel); ``None`` when only one channel per group fits.
+
+    GroupNorm groups are equal and contiguous, so a group size fits iff it divides every split
+    group's size; ties go to the finer grouping."""
+    channels = groups.numel()
+    common = math.gcd(*torch.bincount(groups).tolist())
+    counts = [channels // size for size in range(1, common + 1) if common % size == 0]
+    if num_groups in counts:
+        return num_groups
+    if common == 1:
+        return None
+    return min(counts, key=lambda g: (abs(g - num_groups), -g))
 
 
 def output_channels(module: nn.Module) -> int:
@@ -87,6 +125,7 @@ class GradSplitNet(nn.Module):
                 output_channels(module), len(self.tasks), min_group_channels, name
             )
             module.register_forward_hook(self._mask_hook(name))
+        self.aligned_norms = self._align_group_norms(backbone)
         self.first = backbone.get_submodule(self.split_modules[0])
         self.first.register_forward_pre_hook(self._replicate_hook)
         self._replicas = 0
@@ -95,6 +134,34 @@ class GradSplitNet(nn.Module):
         self.taskwise_bn = self._taskwise_bn(backbone, bn_running_stats, task_bn) if task_bn != "none" else []
 
     # --- construction -----------------------------------------------------------------------
+    def _align_group_norms(self, backbone: nn.Module) -> dict[str, str]:
+        """Regroup, in place, every GroupNorm that feeds a split output so that each of its groups
+        lies within one split group (the parameters are per channel: weights load unchanged).
+        Returns ``{norm name: split module}``; refuses a channel count no grouping fits."""
+        aligned = {}
+        for split in self.split_modules:
+            groups = self.groups[split]
+            for sub, norm in output_group_norms(backbone.get_submodule(split)).items():
+                name = f"{split}.{sub}"
+                count = aligned_group_count(norm.num_groups, groups)
+                if count is None:
+                    sizes = torch.bincount(groups).tolist()
+                    raise ValueError(
+                        f"model.norm=group: split module {split} has {groups.numel()} channels in split "
+                        f"groups of {sizes} for {len(self.tasks)} tasks (the dataset's or algorithm.tasks); "
+                        f"no GroupNorm grouping of {name} keeps its groups inside split groups except one "
+                        f"channel per group. Make the stage width a multiple of the number of tasks "
+                        f"(model.widths), split elsewhere (algorithm.split_modules) or use model.norm=batch"
+                    )
+                if count != norm.num_groups:
+                    log.info(
+                        "gradsplit: %s GroupNorm %d -> %d groups, each inside one split group",
+                        name, norm.num_groups, count,
+                    )
+                    norm.num_groups = count
+                aligned[name] = split
+        return aligned
+
     def _taskwise_bn(self, backbone: nn.Module, running_stats: str, statistics: str) -> list[str]:
         """Every BatchNorm2d after the first split module's subtree, in registration order."""
         names = [n for n, _ in backbone.named_modules()]

@@ -6,7 +6,11 @@ weights), so a two-task step holds the same number of samples per task as a sing
 The table stores every run's metric; ``relation.pairwise_relation`` turns it into R with the
 configured ``pairwise_eps``.
 
-    python -m algorithms.gradsplit.pairwise --out relations.json --steps 300 data=multi_source
+Every run goes through the public engine API (``framework.compose.compose`` and
+``framework.run.train``), exactly as ``medley train`` would run it. The command is registered
+through the ``medley.commands`` entry point::
+
+    medley gradsplit-relations --out relations.json --steps 300 data=multi_source
 """
 
 from __future__ import annotations
@@ -21,22 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from algorithms.gradsplit.relation import pair_key, pairwise_relation
+from framework.compose import compose
 
 log = logging.getLogger("medley")
-
-
-def compose(overrides: Sequence[str]) -> Any:
-    """A validated run config composed exactly as ``medley train`` composes it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from framework.config import CONFIG_DIR, register_schema, validate
-    from framework.registry import load_plugins
-
-    load_plugins()
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return validate(hydra_compose("train", overrides=list(overrides)))
 
 
 def task_sources(cfg: Any) -> tuple[list[str], dict[str, str]]:

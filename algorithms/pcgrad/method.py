@@ -13,10 +13,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from algorithms.equal_weight.method import task_losses
 from algorithms.pcgrad.losses import count_conflicts, pcgrad_weights
 from framework.algorithm import Algorithm, Capabilities
+from framework.config import ConfigError
+from framework.losses import task_losses
 from framework.models import build_multitask
+
+#: why PCGrad stays off DeepSpeed (the capability check names the strategy; this says why)
+DEEPSPEED_REFUSAL = (
+    "strategy.name: algorithm 'pcgrad' cannot run under strategy 'deepspeed': PCGrad needs every task's "
+    "whole gradient of the shared weights before any reduction across ranks (one torch.autograd.grad per "
+    "task, projected on their Gram matrix), while DeepSpeed's engine treats every backward through its "
+    "model as its own (it reduces, partitions and clears the gradients at its end) and, at ZeRO stage 3, "
+    "no rank holds the whole weights; use strategy=ddp or strategy=single"
+)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -45,11 +55,12 @@ class PCGrad(Algorithm):
     """ "Gradient Surgery for Multi-Task Learning" (Yu et al., NeurIPS 2020), summed projected
     gradients on the backbone. Reads ``algorithm.global_projection``."""
 
-    # per-task autograd.grad on the parameters: not for ZeRO-partitioned parameters
     capabilities = Capabilities(strategies=("single", "ddp"), manual_optimization=True, accumulation=False)
 
     def __init__(self, config, full_config=None):
         super().__init__(config, full_config)
+        if getattr(getattr(full_config, "strategy", None), "name", None) == "deepspeed":
+            raise ConfigError(DEEPSPEED_REFUSAL)
         if full_config is not None and full_config.trainer.accumulate_grad_batches > 1:
             raise ValueError(
                 "trainer.accumulate_grad_batches: algorithm 'pcgrad' steps once per batch (manual "

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from algorithms.equal_weight.method import task_losses
 from framework.algorithm import Algorithm
+from framework.losses import task_losses
 from framework.models import build_backbone, make_head
 
 

@@ -30,17 +30,9 @@ def cpu_only() -> None:
 
 def compose(data_root: str | Path, *overrides: str):
     """A validated config, composed from the same defaults and overrides as ``medley train``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from framework.compose import compose as compose_config
 
-    from framework.config import CONFIG_DIR, register_schema, validate
-    from framework.registry import load_plugins
-
-    load_plugins()
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=[f"paths.data_root={data_root}", *overrides])
-    return validate(cfg)
+    return compose_config([f"paths.data_root={data_root}", *overrides])
 
 
 class FinalWeights(Hook):

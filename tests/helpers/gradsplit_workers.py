@@ -1,4 +1,4 @@
-"""GradSplit test helpers: a tiny split network, multi-source batches, and a 2-process DDP worker."""
+"""GradSplit test helpers: a tiny split network, multi-source batches, 2-process DDP and DeepSpeed workers."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ from types import SimpleNamespace
 
 import torch
 
-from algorithms.equal_weight.method import task_losses
 from algorithms.gradsplit.model import GradSplitNet
+from framework.losses import task_losses
 from framework.models import build_multitask
 
 TASKS = ["a", "b", "c"]
 # rows = groups, columns = tasks: c may not train the groups of a and b; a and b may train c's group
 ASYM = [[1, 1, 0], [1, 1, 0], [1, 1, 1]]
+# not symmetric, and every task is kept off some group: a trains groups 0-1, b trains 1-2, c only its own
+CHAIN = [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
 
 
 def model_config(norm: str = "batch", widths=(8, 24), blocks: int = 2) -> SimpleNamespace:
@@ -121,3 +123,69 @@ def ddp_zero_gradients(rank: int, world_size: int) -> dict:
     torch.distributed.all_gather(gathered, flat)
     result["ranks_agree"] = torch.equal(gathered[0], gathered[1])
     return result
+
+
+# --- 2-process DeepSpeed workers ---------------------------------------------------------------------
+#: fully labelled two-task data routed exactly (no randomness), GroupNorm (no batch statistics), SGD,
+#: fp32, ``data.order=global``: one process with batch B and two with B/2 see the same global batches
+DS_PARITY = ["algorithm=gradsplit", "algorithm.mode=exact", "algorithm.relation=[[1,1],[0,1]]",
+             "model.widths=[8,16]", "model.norm=group", "optim.name=sgd", "trainer.precision=fp32",
+             "trainer.grad_clip=0", "trainer.max_steps=6", "data.order=global", "data.limit=256",
+             "data.eval_batch_size=128", "logger.progress=off", "logger.tensorboard=false"]
+DS_GLOBAL_BATCH = 32
+
+
+def deepspeed_zero_gradients(rank: int, world_size: int, stage: int) -> dict:
+    """Under the DeepSpeed engine at ZeRO ``stage``, for each task alone: its loss over two accumulated
+    micro-batches, then one SGD step (lr 1, no momentum, decay or clipping). The weights of the groups
+    the task may not train (CHAIN, GroupNorm in the routed section) must come out bit-unchanged, i.e.
+    their reduced gradient was exactly zero; the groups it may train must move."""
+    from algorithms.gradsplit import GradSplitConfig
+    from algorithms.gradsplit.method import GradSplit
+    from framework.compose import compose
+    from framework.run import build_strategy
+
+    cfg = compose([
+        "algorithm=gradsplit", "strategy=deepspeed", f"strategy.zero_stage={stage}", "trainer.precision=fp32",
+        "trainer.accumulate_grad_batches=2", "trainer.grad_clip=0", "data.batch_size=12",
+    ])
+    strategy = build_strategy(cfg)
+    model = split_net(CHAIN, seed=0, norm="group")
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    engine, _ = strategy.setup(model, {"main": optimizer}, GradSplit(GradSplitConfig(), cfg))
+    engine.train()
+    forbidden_unchanged, allowed_moved = [], []
+    for t, task in enumerate(TASKS):
+        before = strategy.full_state_dict(engine)
+        for micro in range(2):
+            batch = multi_source_batch(4, seed=1000 * stage + 100 * rank + 10 * t + micro)
+            out = engine(batch["image"], task_ids=batch["task"])
+            others = sum(out[o].sum() for o in TASKS if o != task)  # an exact 0: every head takes part
+            strategy.backward((ce_task_loss(out, batch["labels"], task) + 0.0 * others) / 2, engine)
+        strategy.optimizer_step(optimizer, engine)
+        after = strategy.full_state_dict(engine)
+        for entries in model.group_parameters().values():
+            for name, _, groups in entries:
+                key = f"net.backbone.{name}"
+                closed = model.relation[groups, t] == 0
+                forbidden_unchanged.append(torch.equal(after[key][closed], before[key][closed]))
+                allowed_moved.append(not torch.equal(after[key][~closed], before[key][~closed]))
+    return {"forbidden_unchanged": all(forbidden_unchanged), "allowed_moved": all(allowed_moved),
+            "checked": len(forbidden_unchanged)}
+
+
+def deepspeed_routing(
+    rank: int, world_size: int, data_root: str, run_root: str, stages: list[int]
+) -> list[dict]:
+    """Per ZeRO stage: the exact-zero check on the engine, then a short GradSplit run through the
+    trainer (rank 0 returns its final weights)."""
+    from tests.helpers.dist_workers import cpu_only, train_weights
+
+    cpu_only()
+    out = []
+    for stage in stages:
+        zero = deepspeed_zero_gradients(rank, world_size, stage)
+        overrides = [*DS_PARITY, f"data.batch_size={DS_GLOBAL_BATCH // world_size}", "strategy=deepspeed",
+                     f"strategy.zero_stage={stage}", f"paths.run_dir={run_root}/zero{stage}"]
+        out.append({**zero, **train_weights(rank, world_size, data_root, overrides)})
+    return out

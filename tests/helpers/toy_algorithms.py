@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from algorithms.equal_weight.method import EqualWeight, task_losses
+from algorithms.equal_weight.method import EqualWeight
 from framework import AlgorithmConfig, Capabilities, register_algorithm
+from framework.losses import task_losses
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Shared by the CDT benchmarks (``benchmarks/cdt_mechanism.py``, ``benchmarks/cdt_faces.py``):
-one run of the real ``cdt`` plugin through the real trainer on an in-memory episodic data
-module, and the table formatting.
+"""Shared by the CDT benchmarks (``cdt_mechanism.py``, ``cdt_faces.py``): one run of the real
+``cdt`` plugin through the real trainer on an in-memory episodic data module, and the table
+formatting. It lives beside the benchmarks, not in the plugin: driving the trainer by hand is a
+benchmark's business; a plugin reaches the engine only through the plugin API.
 
 Each run builds the full ``TrainConfig`` (the schema ``medley train`` validates), the ``CDT``
 algorithm and ``Trainer`` with the single-process strategy; the run directory is temporary and
@@ -25,20 +26,6 @@ from framework.strategies.single import SingleDeviceStrategy
 from framework.trainer import Trainer
 
 DIAGNOSTICS = ("hinge_active", "d2_pos", "d2_neg")
-
-
-def compose(overrides: list[str]) -> Any:
-    """A validated run config composed exactly as ``medley train`` composes it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from framework.config import CONFIG_DIR, register_schema, validate
-    from framework.registry import load_plugins
-
-    load_plugins()
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return validate(hydra_compose("train", overrides=list(overrides)))
 
 
 def diagnostics(run_dir: Path, after_steps: int) -> dict[str, float]:

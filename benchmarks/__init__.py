@@ -1,0 +1,1 @@
+"""Benchmark drivers (run as scripts: ``python benchmarks/<name>.py``) and their shared helpers."""
