@@ -156,8 +156,23 @@ class StepContext:
         return out
 
     def aux(self, name: str) -> Iterator[dict]:
-        """A named auxiliary stream (e.g. a balanced meta set) declared by the data config."""
+        """A named auxiliary stream (e.g. a balanced meta set) declared by the data config; its
+        batches arrive on this rank's device, like training batches."""
         try:
-            return self._t.aux_iterators[name]
+            stream = self._t.aux_iterators[name]
         except KeyError:
             raise KeyError(f"no auxiliary loader '{name}' (have: {sorted(self._t.aux_iterators)})") from None
+        return _OnDevice(stream, self)
+
+
+class _OnDevice:
+    """An iterator whose batches are moved to the device; the stream keeps its own position."""
+
+    def __init__(self, stream: Iterator[dict], ctx: StepContext):
+        self.stream, self.ctx = stream, ctx
+
+    def __iter__(self) -> _OnDevice:
+        return self
+
+    def __next__(self) -> dict:
+        return self.ctx.to_device(next(self.stream))

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from algorithms.gradsplit.method import unwrap
 from framework.hooks import Hook
 from framework.run import train
 
@@ -18,7 +17,7 @@ class ParamRecorder(Hook):
         self.relation = None
 
     def after_step(self, trainer, step, losses):
-        model = unwrap(trainer.model)
+        model = trainer.strategy.unwrap(trainer.model)
         self.params.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()]))
         self.relation = getattr(model, "relation", None)
 

@@ -39,6 +39,9 @@ class StepRecorder:
     def log(self, name, value, reduce="mean"):
         self.logs[name] = value
 
+    def unwrap(self, model):
+        return model
+
 
 def test_one_step_applies_summed_projected_gradients_to_the_backbone_and_plain_ones_to_heads():
     info = data_info()

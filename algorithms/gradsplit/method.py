@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
@@ -21,13 +20,6 @@ from framework.models import build_multitask
 log = logging.getLogger("medley")
 
 MODES = ("per_sample", "exact", "random_task")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP / DeepSpeed wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
 
 
 class GradSplit(Algorithm):
@@ -125,7 +117,7 @@ class GradSplit(Algorithm):
         ):
             z = self.affinity.mean(lambda t: ctx.all_reduce(t.to(ctx.device), "sum").cpu())
             relation = LookaheadAffinity.relation(z)
-            unwrap(model).set_relation(relation)
+            ctx.unwrap(model).set_relation(relation)
             self.relation_fixed = True
             if ctx.rank == 0:
                 log.info(
@@ -146,20 +138,14 @@ class GradSplit(Algorithm):
 
     def _measure(self, losses: dict[str, torch.Tensor], ctx) -> None:
         model, images, labels, ids = self._batch
-        net = unwrap(model)
+        net = ctx.unwrap(model)
         shared = [(f"net.backbone.{k}", p) for k, p in net.net.backbone.named_parameters() if p.requires_grad]
         names, params = [k for k, _ in shared], [p for _, p in shared]
         buffers = {k: b.clone() for k, b in net.named_buffers()}  # the look-ahead must not move BN statistics
         lr = self.config.lookahead_lr or ctx.optimizers["main"].param_groups[0]["lr"]
-        autocast = (
-            torch.autocast(ctx.device.type, dtype=torch.bfloat16)
-            if ctx.config.trainer.precision == "bf16"
-            else contextlib.nullcontext()
-        )
-
         def evaluate(moved: dict[str, torch.Tensor]) -> list[torch.Tensor]:
             kwargs = {"replicate": True} if ids is None else {"task_ids": ids}
-            with autocast:
+            with ctx.autocast():
                 out = functional_call(net, {**buffers, **moved}, (images,), kwargs)
             new = task_losses(out, labels)
             return [new[t] for t in self.tasks]

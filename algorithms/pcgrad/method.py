@@ -29,12 +29,6 @@ DEEPSPEED_REFUSAL = (
 )
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
-
-
 class SharedFeatureNet(nn.Module):
     """A multi-task net whose forward can also return each head applied to detached features."""
 
@@ -77,7 +71,7 @@ class PCGrad(Algorithm):
         labels = batch["labels"]
         losses = task_losses({t: out[t] for t in self.tasks}, labels)
         detached = task_losses({t: out[f"{t}/detached"] for t in self.tasks}, labels)
-        shared = [p for p in unwrap(model).net.backbone.parameters() if p.requires_grad]
+        shared = [p for p in ctx.unwrap(model).net.backbone.parameters() if p.requires_grad]
         rows = []
         for t in self.tasks:
             grads = torch.autograd.grad(losses[t], shared, retain_graph=True, allow_unused=True)
