@@ -45,21 +45,24 @@ def evaluate_checkpoint(target: str, splits: list[str], overrides: list[str] | N
     except ConfigError as exc:
         sys.exit(f"medley eval: config error: {exc}")
     strategy = build_strategy(cfg)
-    setup_logging(strategy.rank)
-    data = DataModule(plugin_config(cfg.data, DATASETS), cfg.paths.data_root, cfg.trainer.seed,
-                      strategy.rank, strategy.world_size)
-    algorithm = ALGORITHMS.get(cfg.algorithm.name).load()(plugin_config(cfg.algorithm, ALGORITHMS), cfg)
-    trainer = Trainer(cfg, strategy, algorithm, data, run_dir=None)
-    state = strategy.load(ckpt)
-    index = state.get("phase_index", 0)
-    for i in range(1, index + 1):  # rebuild a model grown at phase boundaries before loading its weights
-        (trainer.configure_phase if i == index else trainer.grow)(i)
-    strategy.load_weights(trainer.model, state["model"])
-    algorithm.load_state_dict(state.get("algorithm", {}))
-    trainer.ctx.global_step = state.get("step", 0)
-    results: dict[str, float] = {}
-    for split in splits:
-        results.update(trainer.evaluate(split))
+    try:
+        setup_logging(strategy.rank)
+        data = DataModule(plugin_config(cfg.data, DATASETS), cfg.paths.data_root, cfg.trainer.seed,
+                          strategy.rank, strategy.world_size)
+        algorithm = ALGORITHMS.get(cfg.algorithm.name).load()(plugin_config(cfg.algorithm, ALGORITHMS), cfg)
+        trainer = Trainer(cfg, strategy, algorithm, data, run_dir=None)
+        state = strategy.load(ckpt)
+        index = state.get("phase_index", 0)
+        for i in range(1, index + 1):  # rebuild a model grown at phase boundaries before loading its weights
+            (trainer.configure_phase if i == index else trainer.grow)(i)
+        strategy.load_weights(trainer.model, state["model"])
+        algorithm.load_state_dict(state.get("algorithm", {}))
+        trainer.ctx.global_step = state.get("step", 0)
+        results: dict[str, float] = {}
+        for split in splits:
+            results.update(trainer.evaluate(split))
+    finally:
+        strategy.teardown()  # a run written under ddp evaluates in a process group of its own
     return {"checkpoint": str(ckpt), "step": trainer.ctx.global_step, "metrics": results}
 
 
@@ -69,7 +72,7 @@ def eval_command(args: list[str]) -> None:
     parser.add_argument("--split", action="append", help="split(s) to evaluate (default: test)")
     parser.add_argument("--out", help="JSON output (default: <run_dir>/eval.json)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.eval_batch_size=256")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)  # overrides may come before or after the options
     try:
         out = evaluate_checkpoint(ns.target, ns.split or ["test"], ns.overrides)
     except FileNotFoundError as exc:

@@ -94,7 +94,18 @@ def main(cfg: DictConfig) -> None:
 
 def run() -> None:
     prepare_cli()
-    main()
+    try:
+        main()
+    except SystemExit as exc:  # Hydra reports a failed run with sys.exit(1)
+        code = exc.code
+    else:
+        code = 0
+    if "framework.strategies.process_group" in sys.modules:  # a process group may have run
+        from framework.strategies.process_group import exit_process
+
+        exit_process(code)  # past the communication backend's native threads (process_group.py)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

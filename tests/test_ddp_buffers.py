@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from framework.evaluate import evaluate_checkpoint
+import json
+
+from tests.conftest import run_cli
 from tests.helpers.dist_workers import train_many
 from tests.helpers.distributed import run_workers
 
@@ -22,5 +24,8 @@ def test_final_metrics_equal_medley_eval_of_the_last_checkpoint(algorithm, data_
     results = run_workers(train_many, world_size=2, timeout=300,
                           args=(str(data_root), [[*RUN, f"algorithm={algorithm}", f"paths.run_dir={run}"]]))
     final = results[0][0]["summary"]["final_metrics"]
-    again = evaluate_checkpoint(str(run), ["val", "test"], [f"paths.data_root={data_root}"])["metrics"]
+    out = run_cli("-m", "launchers.cli", "eval", str(run), "--split", "val", "--split", "test",
+                  f"paths.data_root={data_root}")  # the user's command, in a process of its own
+    assert out.returncode == 0, out.stderr[-2000:]
+    again = json.loads((run / "eval.json").read_text())["metrics"]
     assert {k: final[k] for k in again} == again

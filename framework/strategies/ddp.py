@@ -66,3 +66,7 @@ class DDPStrategy(ProcessGroupStrategy):
     def no_sync(self, model: nn.Module, accumulating: bool):
         """Skip DDP's gradient all-reduce on micro-batches that do not end a step."""
         return self.accelerator.no_sync(model) if accumulating else contextlib.nullcontext()
+
+    def _release_wrappers(self) -> None:
+        """Accelerate keeps every prepared model (and so the DDP reducer and its group) alive."""
+        self.accelerator.free_memory()

@@ -94,6 +94,12 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         optimizer.zero_grad()
         self.engine.zero_grad()
 
+    def _release_wrappers(self) -> None:
+        """ZeRO-3 keeps hooks and a parameter coordinator on the module until the engine is destroyed."""
+        if self.engine is not None:
+            self.engine.destroy()
+            self.engine = None
+
     # --- weights ---------------------------------------------------------------------
     def _gathered(self, modifier_rank: int | None):
         """Under ZeRO-3 parameters are partitioned; gather them for the duration of the block."""

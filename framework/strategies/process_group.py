@@ -4,13 +4,25 @@ The process group is started by the concrete strategy (Accelerate for DDP, DeepS
 or was already started by the launcher (Ray Train); either way the collectives below are plain
 ``torch.distributed`` calls with a bounded timeout, so a rank that stops answering fails the run
 instead of hanging it.
+
+Exit: ``destroy_process_group`` does not stop gloo's native threads (``pt_gloo_runloop``,
+``gloo_tcp_loop``) nor rank 0's TCPStore server while a DDP reducer or a DeepSpeed engine
+still holds the group, and those do not reliably let go. Left to interpreter finalization, the
+threads meet a half-destroyed interpreter and a peer that has already closed its sockets, and a
+rank dies with ``terminate called without an active exception`` (SIGABRT) after the run has
+finished. So ``teardown`` waits until every rank has destroyed its groups (rank 0 may host the
+store) and ``exit_process`` ends a process that still runs such threads with ``os._exit``.
 """
 
 from __future__ import annotations
 
 import datetime
+import gc
+import logging
 import os
 import socket
+import sys
+import time
 from typing import Any
 
 import torch
@@ -19,6 +31,12 @@ import torch.distributed as dist
 from framework.strategies.base import Strategy
 
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM"}
+#: native threads of torch.distributed's CPU backend and store (Linux thread names)
+BACKEND_THREADS = ("gloo", "pt_gloo", "pt_tcpstore")
+#: seconds a rank waits in teardown for the others to finish theirs
+TEARDOWN_WAIT_S = 60.0
+
+log = logging.getLogger("medley")
 
 
 class ProcessGroupStrategy(Strategy):
@@ -84,9 +102,93 @@ class ProcessGroupStrategy(Strategy):
             dist.barrier()
 
     def teardown(self) -> None:
-        """Destroy the process group if this strategy started it (Ray's, for one, is not ours)."""
-        if self.owns_process_group and dist.is_initialized():
+        """Release the wrappers, destroy the process group if this strategy started it (Ray's, for
+        one, is not ours), then wait until every rank has done the same: rank 0 may host the
+        store, and a rank that leaves early closes sockets its peers still use. While an
+        exception propagates there is no wait (a failed peer would never arrive)."""
+        if not dist.is_initialized():
+            return
+        store, rank, world = self._teardown_store(), self.rank, self.world_size
+        failing = sys.exc_info()[0] is not None  # called from a `finally`: a peer may never arrive
+        self._release_wrappers()
+        gc.collect()  # the wrappers hold the group through reference cycles
+        if self.owns_process_group:
             dist.destroy_process_group()
+        if store is not None and world > 1 and not failing:
+            _wait_for_all(store, rank, world, min(self._timeout().total_seconds(), TEARDOWN_WAIT_S))
+
+    def _release_wrappers(self) -> None:
+        """Drop what this strategy holds on the process group (subclasses: engine, accelerator)."""
+
+    def _teardown_store(self) -> Any:
+        try:
+            return dist.distributed_c10d._get_default_store()
+        except (RuntimeError, ValueError, AttributeError):  # a group started without a store
+            return None
+
+
+def _wait_for_all(store: Any, rank: int, world: int, timeout_s: float) -> None:
+    """Two counters in the store. Every rank announces it has torn down and waits for all; then
+    the others announce their last store call and rank 0, which may host the store, waits for
+    those before it leaves. A rank that never arrives (it failed elsewhere) costs ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+
+    def wait(key: str, target: int, add: int) -> bool:
+        count = store.add(key, add)
+        while count < target and time.monotonic() < deadline:
+            time.sleep(0.05)
+            count = store.add(key, 0)
+        return count >= target
+
+    try:
+        arrived = wait("medley/teardown", world, 1)
+        if rank != 0:
+            store.add("medley/left", 1)  # this rank's last use of the store
+        elif arrived:
+            wait("medley/left", world - 1, 0)
+    except RuntimeError as exc:  # the store is gone: nobody is left to wait for
+        log.debug("teardown: store unreachable (%s)", exc)
+        return
+    if not arrived:
+        log.warning("teardown: not every one of %d ranks finished within %.0f s", world, timeout_s)
+
+
+def backend_threads() -> list[str]:
+    """Names of this process's live native communication threads (empty where /proc is missing)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return []
+    names = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if name.startswith(BACKEND_THREADS):
+            names.append(name)
+    return sorted(names)
+
+
+def exit_process(code: int | str | None = 0) -> None:
+    """Leave the process with ``code`` (``sys.exit`` semantics). While communication threads
+    are still alive, skip interpreter finalization (``os._exit`` after flushing), which is where
+    they abort the process; otherwise exit normally."""
+    if not backend_threads():
+        if code:
+            sys.exit(code)
+        return
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code or 0)
 
 
 def ensure_rendezvous_env() -> None:

@@ -27,13 +27,17 @@ def launch_env(data_root: Path) -> dict[str, str]:
     return env
 
 
-def start(cmd: list[str], data_root: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, env=launch_env(data_root), stdout=subprocess.PIPE,
+def start(cmd: list[str], data_root: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    full_env = launch_env(data_root)
+    for key, value in (env or {}).items():
+        full_env[key] = value.replace("{PYTHONPATH}", full_env["PYTHONPATH"])
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
-def run(cmd: list[str], data_root: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    proc = start(cmd, data_root)
+def run(cmd: list[str], data_root: Path, timeout: float = 240,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = start(cmd, data_root, env)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -41,6 +45,33 @@ def run(cmd: list[str], data_root: Path, timeout: float = 240) -> subprocess.Com
         out, _ = proc.communicate()
         raise AssertionError(f"{' '.join(cmd[:4])} ... timed out after {timeout} s:\n{out[-4000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+#: loaded by every Python process through PYTHONPATH: delays one rank's strategy teardown
+_SLOW_TEARDOWN = """
+import os
+if os.environ.get("RANK") is not None and os.environ.get("RANK") == os.environ.get("MEDLEY_TEST_SLOW_RANK"):
+    import time
+    from framework.strategies.process_group import ProcessGroupStrategy
+
+    _teardown = ProcessGroupStrategy.teardown
+
+    def teardown(self):
+        time.sleep(float(os.environ["MEDLEY_TEST_SLOW_S"]))
+        _teardown(self)
+
+    ProcessGroupStrategy.teardown = teardown
+"""
+
+
+def slow_teardown(tmp: Path, rank: int, seconds: float) -> dict[str, str]:
+    """Environment for ``run``/``start`` in which rank ``rank`` reaches teardown ``seconds`` late,
+    so the other ranks finish first: the exit order is forced, not left to chance."""
+    site = tmp / "slow_teardown_site"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(_SLOW_TEARDOWN)
+    return {"PYTHONPATH": f"{site}{os.pathsep}{{PYTHONPATH}}", "MEDLEY_TEST_SLOW_RANK": str(rank),
+            "MEDLEY_TEST_SLOW_S": str(seconds)}
 
 
 def accelerate(config: str, *args: str) -> list[str]:
