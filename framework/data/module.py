@@ -7,6 +7,8 @@ training streams, chosen by the manifest and the config:
 * a single split ``train`` (``SourceCursor`` in batch mode: equal steps per rank, exact resume);
 * a weighted mixture of the manifest's ``sources`` (``MixedStream``), optionally restricted
   per phase with ``data.phase_sources``;
+* either of the two restricted per phase to some classes with ``data.phase_classes``
+  (class-incremental experiences);
 * ``data.episodic=true``: per step ``{domain: P×K batch}`` (``EpisodeSampler``).
 
 Named auxiliary streams (``data.aux``) are exposed through ``aux_iterators()``; the trainer
@@ -32,7 +34,14 @@ from framework.config import DataConfig
 from framework.data.cursor import SkipStats, SourceCursor
 from framework.data.episodic import BalancedSampler, EpisodeSampler, IndexedSplit
 from framework.data.info import DataInfo
-from framework.data.loader import EvalStream, StreamSpec, check_enough_shards, make_loader
+from framework.data.loader import (
+    EvalStream,
+    StreamSpec,
+    check_enough_shards,
+    concat_batches,
+    make_loader,
+    take_rows,
+)
 from framework.data.mixing import MixedStream, RowBuffer
 from framework.data.shards import MANIFEST, read_manifest, reprepare_hint, verify_shards
 from framework.registry import DATASETS
@@ -46,6 +55,7 @@ LOADER_KEYS = ({f.name for f in dataclasses.fields(DataConfig)} - {"name", "limi
     "mix_unit",
     "train_sources",
     "phase_sources",
+    "phase_classes",
     "episodic",
     "episode_p",
     "episode_k",
@@ -117,6 +127,7 @@ class DataModule:
         self._verify(*self.sources.values())
         self.cursor: SourceCursor | None = None
         self.mixed: MixedStream | None = None
+        self.classes: dict[str, torch.Tensor] = {}  # task -> classes the current phase trains on
         self.episodes: EpisodeSampler | None = None
         if self._opt("episodic", False):
             self._build_episodes()
@@ -318,17 +329,68 @@ class DataModule:
         if self.episodes is not None:
             return iter(self.episodes)
         if self.mixed is not None:
-            return iter(self.mixed)
-        return self.cursor.batches()
+            return self._class_filtered(iter(self.mixed))
+        return self._class_filtered(self.cursor.batches())
 
     def set_phase(self, phase: str) -> None:
-        """Restrict mixing to ``data.phase_sources[phase]`` (e.g. one domain per phase)."""
+        """Restrict mixing to ``data.phase_sources[phase]`` (e.g. one domain per phase) and the rows
+        to ``data.phase_classes[phase]`` (e.g. two new digits per experience)."""
+        self._set_phase_classes(phase)
         sources = (self._opt("phase_sources", {}) or {}).get(phase)
         if sources is None:
             return
         if self.mixed is None:
             raise ValueError("data.phase_sources needs a dataset with several training sources")
         self.mixed.set_active(list(sources))
+
+    def _set_phase_classes(self, phase: str) -> None:
+        """``data.phase_classes: {phase: {task: [class, ...]}}``; a phase not listed trains on every class."""
+        wanted = (self._opt("phase_classes", {}) or {}).get(phase)
+        self.classes = {}
+        if wanted is None:
+            return
+        if self.episodes is not None:
+            raise ValueError("data.phase_classes: episodic batches (data.episodic=true) cannot be restricted to "
+                             "classes; use data.episode_group or drop data.phase_classes")
+        for task, classes in dict(wanted).items():
+            if task not in self.info.tasks:
+                raise ValueError(f"data.phase_classes.{phase}: '{task}' is not a task of {self.cfg.name} "
+                                 f"(tasks: {list(self.info.tasks)})")
+            n = self.info.tasks[task]
+            bad = [c for c in classes if not 0 <= int(c) < n]
+            if bad or not list(classes):
+                raise ValueError(f"data.phase_classes.{phase}.{task}: {list(classes)} must be a non-empty list of "
+                                 f"class indices in [0, {n - 1}]")
+            self.classes[task] = torch.as_tensor([int(c) for c in classes])
+
+    def _class_filtered(self, stream: Iterator[dict]) -> Iterator[dict]:
+        """Batches of ``data.batch_size`` rows of the current phase's classes, cut from the rows of the
+        underlying stream in order. Rows of other classes are read and dropped, and so are the
+        phase's rows left over when a batch is full: nothing is carried between batches, so the
+        underlying stream's checkpointed position stays exact and a resumed run sees the same batches."""
+        size = self.cfg.batch_size
+        for batch in stream:
+            if not self.classes:
+                yield batch
+                continue
+            parts, have, empty = [], 0, 0
+            while have < size:
+                keep = torch.ones(len(batch["image"]), dtype=torch.bool)
+                for task, classes in self.classes.items():
+                    keep &= torch.isin(batch["labels"][task], classes)
+                if keep.any():
+                    parts.append(take_rows(batch, keep.nonzero().squeeze(1)))
+                    have += int(keep.sum())
+                    empty = 0
+                else:
+                    empty += 1
+                    if empty >= 1000:
+                        raise ValueError(f"data.phase_classes: 1000 training batches in a row held no row of "
+                                         f"{ {t: c.tolist() for t, c in self.classes.items()} }; check that the "
+                                         f"phase's sources contain these classes")
+                if have < size:
+                    batch = next(stream)
+            yield take_rows(concat_batches(parts), slice(0, size))
 
     def aux_iterators(self) -> dict[str, Iterator[dict]]:
         """Named auxiliary streams (``data.aux``), e.g. a balanced meta set: ``ctx.aux(name)``."""

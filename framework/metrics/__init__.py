@@ -2,5 +2,6 @@
 
 from framework.metrics.accuracy import Accuracy
 from framework.metrics.base import Metric
+from framework.metrics.continual import accuracy_after_each, forgetting, summarize
 
-__all__ = ["Metric", "Accuracy"]
+__all__ = ["Metric", "Accuracy", "accuracy_after_each", "forgetting", "summarize"]

@@ -26,6 +26,8 @@ class PreparedDataConfig(DataConfig):
     mix_unit: str = "sample"  # sample: rows split over sources per batch | batch: one source per batch
     train_sources: list = field(default_factory=list)  # subset of the manifest's sources (default: all)
     phase_sources: dict = field(default_factory=dict)  # phase -> sources active in that phase
+    # phase -> {task: [classes]}: that phase trains only on rows of these classes (class-incremental)
+    phase_classes: dict = field(default_factory=dict)
     episodic: bool = False  # per step {domain: P x K batch} instead of one batch
     episode_p: int = ranged(8, ge=1)  # groups (identities) per domain and step
     episode_k: int = ranged(4, ge=1)  # samples per group
@@ -174,3 +176,9 @@ class FacesConfig(PreparedDataConfig):
     # cap on verification pairs per split and domain (half positive)
     pairs_per_domain: int = ranged(3000, ge=2)
     attributes: list = field(default_factory=list)  # metadata.csv columns kept as per-image attributes
+    # synthetic variation factors applied at prepare time with recorded levels: blur | occlusion
+    synthetic: list = field(default_factory=list)
+    # probability that a training image is degraded, per synthetic factor (meta/val/test: levels equally often)
+    synthetic_p_train: float = ranged(0.1, ge=0, le=1)
+    blur_sigmas: list = ranged(default_factory=lambda: [1.0, 2.0], gt=0)  # Gaussian σ (pixels) of blur levels 1, 2, ..
+    occlusion_size: float = ranged(0.4, gt=0, le=1)  # side of the occluding square / the image side
