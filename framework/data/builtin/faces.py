@@ -17,6 +17,17 @@ and -1 for held-out identities; every row also carries ``person`` (a global inde
 identity), ``domain`` and ``attrs`` (``light``, ``expression``, ``glasses`` where the metadata
 says so, -1 elsewhere).
 
+Synthetic variation factors (``synthetic=[blur, occlusion]``, default none) degrade images at
+prepare time and record the level as an attribute, so that a method can be trained on a
+skewed factor and tested on a balanced one: a training image is degraded with probability
+``synthetic_p_train`` (spread evenly over the non-zero levels), while ``meta``, ``val`` and
+``test`` hold every level equally often. ``blur`` level l ≥ 1 is a Gaussian blur of
+``blur_sigmas[l-1]`` pixels; ``occlusion`` level 1 is a square patch of ``occlusion_size`` of the
+side, of one random grey value, at a random place. Levels and patch draws come from their own
+seeded generators, so the rest of the construction (splits, pairs) is the same with or without
+them. ``extra["level_counts"][split][attribute]`` counts the rows per level (-1 not counted) and
+``extra["identity_counts"]`` the training images per training identity.
+
 Sample ids are unique across all splits. Verification pairs (``pairs.json``, loaded into
 ``info.extra["pairs"]``): for ``val`` and ``test`` and each domain, ``[id_a, id_b, same]``
 rows over that split's sample ids, half positive and half negative, at most
@@ -54,6 +65,7 @@ ATTRIBUTES = {
     "expression": ["neutral", "expressive"],
     "glasses": ["no", "yes"],
 }
+SYNTHETIC = ("blur", "occlusion")
 
 
 @dataclass
@@ -115,6 +127,50 @@ def load_face(
         im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
         arr = np.asarray(im.resize((size, size), Image.Resampling.LANCZOS), np.uint8)
     return np.ascontiguousarray(arr.transpose(2, 0, 1)) if channels == 3 else arr
+
+
+def synthetic_levels(cfg) -> dict[str, list[str]]:
+    """Level names of the configured synthetic factors (level 0: untouched)."""
+    unknown = [f for f in cfg.synthetic if f not in SYNTHETIC]
+    if unknown:
+        raise ValueError(f"data.synthetic: {unknown} not among {list(SYNTHETIC)}")
+    names = {"blur": ["none"] + [f"sigma{s:g}" for s in cfg.blur_sigmas], "occlusion": ["none", "occluded"]}
+    return {f: names[f] for f in cfg.synthetic}
+
+
+def draw_levels(n: int, levels: int, p_degraded: float | None, rng: np.random.Generator) -> np.ndarray:
+    """``n`` levels: level 0 with probability 1 − ``p_degraded`` and the rest evenly over the others;
+    ``p_degraded=None``: every level equally often (shuffled), the balanced evaluation design."""
+    if p_degraded is None:
+        return rng.permutation(np.arange(n) % levels)
+    p = np.full(levels, p_degraded / (levels - 1))
+    p[0] = 1.0 - p_degraded
+    return rng.choice(levels, size=n, p=p)
+
+
+def degrade(img: np.ndarray, levels: dict[str, int], cfg, rng: np.random.Generator) -> np.ndarray:
+    """``img`` (uint8, [H, W] or [C, H, W]) blurred and/or occluded at the given levels."""
+    from scipy.ndimage import gaussian_filter
+
+    out = img.astype(np.float32)
+    if levels.get("blur", 0) > 0:
+        sigma = float(cfg.blur_sigmas[levels["blur"] - 1])
+        out = gaussian_filter(out, sigma=(0, sigma, sigma) if out.ndim == 3 else sigma, mode="nearest")
+    if levels.get("occlusion", 0) > 0:
+        h, w = out.shape[-2:]
+        side = max(1, round(cfg.occlusion_size * min(h, w)))
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        out[..., top : top + side, left : left + side] = float(rng.integers(0, 256))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def level_counts(faces: list[Face], names: list[str]) -> dict[str, list[int]]:
+    """Rows per level of every attribute (unknown levels are not counted)."""
+    out = {}
+    for name in names:
+        values = [f.attrs[name] for f in faces if f.attrs.get(name, -1) >= 0]
+        out[name] = np.bincount(values, minlength=1).tolist() if values else []
+    return out
 
 
 def domain_folders(cfg) -> list[tuple[str, Path, tuple | None]]:
@@ -221,6 +277,15 @@ def prepare(cfg, out_dir: Path, limit: int | None = None) -> Path:
                 mine = [f for i, f in enumerate(mine) if i not in chosen]
             by_split[role] += mine
 
+    synthetic = synthetic_levels(cfg)
+    attributes.update(synthetic)
+    level_rng = np.random.default_rng([cfg.seed, 0x5E7])  # its own stream: splits and pairs stay the same
+    for split, faces in by_split.items():
+        for name, names in synthetic.items():
+            p = cfg.synthetic_p_train if split == "train" else None
+            for f, level in zip(faces, draw_levels(len(faces), len(names), p, level_rng)):
+                f.attrs[name] = int(level)
+
     order = {r: [k for k, v in roles.items() if v == r] for r in ("train", "val", "test")}
     person_index = {k: i for i, k in enumerate(order["train"] + order["val"] + order["test"])}
     n_train_ids = len(order["train"])
@@ -234,8 +299,11 @@ def prepare(cfg, out_dir: Path, limit: int | None = None) -> Path:
     def sample(f: Face, i: int) -> dict:
         person = person_index[(f.domain, f.identity)]
         labels = {"identity": person} if person < n_train_ids else {}  # held-out identities: unlabelled
+        pixels_of = image(f)
+        if synthetic and any(f.attrs.get(n, 0) > 0 for n in synthetic):  # seeded by the sample id
+            pixels_of = degrade(pixels_of, f.attrs, cfg, np.random.default_rng([cfg.seed, 0x0CC, i]))
         return {
-            "image": image(f),
+            "image": pixels_of,
             "id": i,
             "labels": labels,
             "person": person,
@@ -307,5 +375,15 @@ def prepare(cfg, out_dir: Path, limit: int | None = None) -> Path:
             "identity_ranges": ranges,
             "persons": len(person_index),
             "held_out_persons": {s: sum(1 for v in roles.values() if v == s) for s in ("val", "test")},
+            "level_counts": {
+                **{
+                    f"train.{name}": level_counts([f for f in by_split["train"] if f.domain == d], list(attributes))
+                    for d, name in enumerate(domains)
+                },
+                **{split: level_counts(by_split[split], list(attributes)) for split in ("meta", "val", "test")},
+            },
+            "identity_counts": [
+                sum(1 for f in by_split["train"] if (f.domain, f.identity) == key) for key in order["train"]
+            ],
         },
     )
