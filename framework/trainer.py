@@ -116,7 +116,7 @@ class Trainer:
                 continue  # resumed from the final checkpoint
             phase = plan.phases[index]
             resumed_inside = index == start and self.resumed_from is not None
-            if index > start or (index > 0 and not resumed_inside):
+            if index > 0 and not resumed_inside:  # phase 0 was set up with the model; a resumed one by replay
                 self.configure_phase(index)
             self._set_phase(index)
             getattr(self.data, "set_phase", lambda _: None)(phase.data or phase.name)  # e.g. one domain per phase
