@@ -36,6 +36,8 @@ CDCL = ("experiment=cdcl_digits", "data.limit=60", "data.batch_size=16", "data.e
 OVERRIDES: dict[str, tuple[str, ...]] = {
     **{name: CDCL for name in ("cdcl", "cdcl_er", "cdcl_finetune", "cdcl_linear_mov", "cdcl_lwf")},
     "mvcom": MVCOM,
+    **{name: ("experiment=uniseg_label_shift", "algorithm.phase_eval_sets=[]")
+       for name in ("uniseg", "uniseg_ce", "uniseg_bce", "uniseg_bce_null")},
     **{name: ("algorithm.pretrain_share=0.5", "algorithm.anchor_share=0", "algorithm.edge_share=0.5")
        for name in ("dymu", "dymu_hard_sharing", "dymu_single_task", "phn_bn")},
     "mvcom_cosface": MVCOM,
