@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from omegaconf import ListConfig, OmegaConf
+from omegaconf.errors import ValidationError
 
 from framework.config import (
     AlgorithmConfig,
@@ -118,7 +119,11 @@ def test_out_of_range_value_fails_naming_key_value_and_range(group, name, key, v
     for bad in _outside(valid):
         cfg = _composed(group, name)
         is_list = isinstance(OmegaConf.select(cfg, key), ListConfig)
-        OmegaConf.update(cfg, key, [bad] if is_list else bad, merge=False)
+        try:
+            OmegaConf.update(cfg, key, [bad] if is_list else bad, merge=False)
+        except ValidationError:  # a list key whose default is None: the schema types it as a list
+            is_list = True
+            OmegaConf.update(cfg, key, [bad], merge=False)
         with pytest.raises(ConfigError) as err:
             validate(cfg)
         named = f"{key}[0]=" if is_list else f"{key}="
