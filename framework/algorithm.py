@@ -133,6 +133,11 @@ class Algorithm:
         """Hooks (``framework.hooks.Hook``) the algorithm contributes; they run after the config's."""
         return []
 
+    def report(self, model: nn.Module, ctx: StepContext, out_dir: Any) -> list[Any]:
+        """Figures of a trained model for ``medley report`` (the last checkpoint is loaded; ``ctx.evaluate``
+        works); write them under ``out_dir`` and return their paths. Default: none."""
+        return []
+
     def build_metrics(self, data_info: DataInfo) -> dict[str, Any]:
         """Metric objects keyed ``{task}/{metric}``; default: accuracy per task."""
         from framework.metrics import Accuracy

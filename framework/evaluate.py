@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -25,11 +26,13 @@ def locate(target: str) -> tuple[Path, Path]:
     raise FileNotFoundError(f"{target}: no such run directory or checkpoint")
 
 
-def evaluate_checkpoint(target: str, splits: list[str], overrides: list[str] | None = None) -> dict[str, float]:
-    from framework.config import ConfigError, validate
+@contextlib.contextmanager
+def loaded_checkpoint(target: str, overrides: list[str] | None = None):
+    """A trainer whose model holds the checkpoint's weights (grown phases rebuilt first), built from
+    the run's ``config.yaml`` plus ``overrides``; yields ``(trainer, checkpoint_path)``."""
+    from framework.config import ConfigError, plugin_config, validate
     from framework.data.module import DataModule
     from framework.registry import ALGORITHMS, DATASETS
-    from framework.config import plugin_config
     from framework.run import build_strategy, setup_logging
     from framework.trainer import Trainer
 
@@ -43,7 +46,7 @@ def evaluate_checkpoint(target: str, splits: list[str], overrides: list[str] | N
     try:
         cfg = validate(cfg)
     except ConfigError as exc:
-        sys.exit(f"medley eval: config error: {exc}")
+        sys.exit(f"medley: config error: {exc}")
     strategy = build_strategy(cfg)
     try:
         setup_logging(strategy.rank)
@@ -58,12 +61,17 @@ def evaluate_checkpoint(target: str, splits: list[str], overrides: list[str] | N
         strategy.load_weights(trainer.model, state["model"])
         algorithm.load_state_dict(state.get("algorithm", {}))
         trainer.ctx.global_step = state.get("step", 0)
+        yield trainer, ckpt
+    finally:
+        strategy.teardown()  # a run written under ddp evaluates in a process group of its own
+
+
+def evaluate_checkpoint(target: str, splits: list[str], overrides: list[str] | None = None) -> dict[str, float]:
+    with loaded_checkpoint(target, overrides) as (trainer, ckpt):
         results: dict[str, float] = {}
         for split in splits:
             results.update(trainer.evaluate(split))
-    finally:
-        strategy.teardown()  # a run written under ddp evaluates in a process group of its own
-    return {"checkpoint": str(ckpt), "step": trainer.ctx.global_step, "metrics": results}
+        return {"checkpoint": str(ckpt), "step": trainer.ctx.global_step, "metrics": results}
 
 
 def eval_command(args: list[str]) -> None:

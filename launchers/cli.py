@@ -21,10 +21,12 @@ commands:
                [--preview out.png] [--force] [key=value ...]
                                     write a dataset's shards + manifest.json
   list algorithms|strategies|datasets|matrix
-  eval RUN_DIR|CHECKPOINT [--split test] [--out FILE]
+  eval RUN_DIR|CHECKPOINT [--split test] [--out FILE] [overrides]
+  report RUN_DIR|CHECKPOINT [--out DIR] [--no-algorithm] [overrides]
+                                    SVG plots: curves, the phase x set matrix, the algorithm's figures
 """
 
-BUILTIN = ("train", "prepare", "list", "eval")
+BUILTIN = ("train", "prepare", "list", "eval", "report")
 
 
 def plugin_commands() -> dict[str, EntryPoint]:
@@ -67,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         from framework.evaluate import eval_command
 
         eval_command(rest)
+    elif command == "report":
+        from framework.report import report_command
+
+        report_command(rest)
     elif command in plugins:
         plugins[command].load()(rest)
     else:

@@ -158,3 +158,15 @@ def test_config_errors_name_the_key():
         Dymu(DymuConfig(variant="nope"))
     with pytest.raises(ValueError, match="pretrain_share"):
         Dymu(DymuConfig(pretrain_share=0.5, anchor_share=0.5, edge_share=0.5)).phases()
+
+
+def test_medley_report_draws_the_accuracy_flops_trade_off_and_the_trees(dymu_run, tmp_path):
+    from framework.report import write_report
+
+    _, _, run_dir = dymu_run
+    written = {p.name: p for p in write_report(str(run_dir), tmp_path / "report")}
+    assert {"dymu_accuracy_flops.svg", "dymu_trees.txt", "train.svg"} <= set(written)
+    svg = written["dymu_accuracy_flops.svg"].read_text()
+    assert svg.count("<circle") == 40 and "c=0" in svg and "c=1" in svg  # 20 preferences x 2 budgets
+    trees = written["dymu_trees.txt"].read_text()
+    assert "uniform, c=0:" in trees and "skewed seg, c=1:" in trees and "layer 0:" in trees

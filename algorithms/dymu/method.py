@@ -310,6 +310,49 @@ class Dymu(Algorithm):
                 deltas = net.weight_hyper(r, budget)
         return tree, deltas, mode
 
+    def report(self, model, ctx, out_dir) -> list:
+        """``medley report``: the accuracy–FLOPs trade-off over 20 preferences r ~ Dir(1) at c = 0 and c = 1
+        (mean test loss over tasks against the derived tree's MFLOPs) and the trees chosen for skewed
+        and uniform preferences at both budgets."""
+        from pathlib import Path
+
+        from framework.plots import xy_svg
+
+        out_dir, saved = Path(out_dir), self.control
+        names = [t.name for t in self.tasks]
+        prefs = np.random.default_rng(0).dirichlet(np.ones(len(names)), size=20)
+        series: dict[str, list] = {}
+        try:
+            for budget in (0.0, 1.0):
+                for r in prefs:
+                    self.set_control(r.tolist(), budget)
+                    m = ctx.evaluate("test")
+                    loss = float(np.mean([m[f"test/{t}/loss"] for t in names]))
+                    series.setdefault(f"c={budget:g}", []).append((m["test/tree/mflops"], loss))
+        finally:
+            self.control, self._eval_cache = saved, None
+        plot = out_dir / "dymu_accuracy_flops.svg"
+        plot.write_text(xy_svg(series, "DYMU: 20 preferences at c = 0 and c = 1", "MFLOPs per image",
+                               "mean test loss over tasks", lines=False))
+        net = ctx.unwrap(model)
+        lines = []
+        if hasattr(net, "edge_hyper"):
+            n = len(names)
+            special = {f"skewed {t}": [0.9 if i == k else 0.1 / (n - 1) for i in range(n)] for k, t in enumerate(names)}
+            special["uniform"] = [1.0 / n] * n
+            with torch.no_grad():
+                for label, r in special.items():
+                    for budget in (0.0, 1.0):
+                        tree = net.derive(torch.tensor(r, device=ctx.device), budget)
+                        cost = self.costs(net).cost(*tree)
+                        lines.append(f"{label}, c={budget:g}: {cost['nodes']} nodes, {cost['flops'] / 1e6:.2f} MFLOPs\n"
+                                     f"{describe(*tree, names)}\n")
+        else:
+            lines.append("no edge hypernetwork in this checkpoint (it is added at the 'edge' phase): no trees\n")
+        trees = out_dir / "dymu_trees.txt"
+        trees.write_text("\n".join(lines))
+        return [plot, trees]
+
     def costs(self, net: AnchorNet):
         if self._costs is None:
             self._costs = cost_table(net, self.image_shape)
