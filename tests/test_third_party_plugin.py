@@ -74,7 +74,7 @@ def test_unknown_command_lists_every_command(plugin_path, data_root):
     out = run_cli("-m", "launchers.cli", "helo", env=_env(plugin_path, data_root))
     assert out.returncode != 0
     assert "unknown command 'helo'" in out.stderr
-    assert "commands: train, prepare, list, eval, gradsplit-relations, hello" in out.stderr
+    assert "commands: train, prepare, list, eval, report, gradsplit-relations, hello" in out.stderr
 
 
 def test_plugin_command_may_not_shadow_a_builtin(tmp_path, data_root):
