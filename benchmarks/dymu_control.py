@@ -44,7 +44,6 @@ class Sweep(Hook):
     def after_fit(self, trainer, summary):
         import torch
 
-        from algorithms.dymu.anchor import describe
         from algorithms.dymu.regulariser import usage_probability_exact
 
         alg = trainer.algorithm
@@ -57,17 +56,9 @@ class Sweep(Hook):
                                     **{k[len("test/"):]: v for k, v in m.items()}})
         if not hasattr(net, "edge_hyper"):
             return
-        names = [t.name for t in alg.tasks]
-        n = len(names)
-        special = {f"skewed_{t}": [0.9 if i == k else 0.1 / (n - 1) for i in range(n)] for k, t in enumerate(names)}
-        special["uniform"] = [1.0 / n] * n
+        self.trees = {label.replace(" ", "_"): tree for label, tree in alg.typical_trees(net).items()}
         table = alg.costs(net)
         with torch.no_grad():
-            for label, r in special.items():
-                for budget in (0.0, 1.0):
-                    tree = net.derive(torch.tensor(r), budget)
-                    self.trees[f"{label}@c={budget:g}"] = {"pref": r, "parents": tree[0], **table.cost(*tree),
-                                                           "drawing": describe(*tree, names)}
             for budget in (0.0, 0.25, 0.5, 0.75, 1.0):
                 nodes, flops, expected = [], [], []
                 for r in self.grid_prefs:

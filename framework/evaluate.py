@@ -55,9 +55,7 @@ def loaded_checkpoint(target: str, overrides: list[str] | None = None):
         algorithm = ALGORITHMS.get(cfg.algorithm.name).load()(plugin_config(cfg.algorithm, ALGORITHMS), cfg)
         trainer = Trainer(cfg, strategy, algorithm, data, run_dir=None)
         state = strategy.load(ckpt)
-        index = state.get("phase_index", 0)
-        for i in range(1, index + 1):  # rebuild a model grown at phase boundaries before loading its weights
-            (trainer.configure_phase if i == index else trainer.grow)(i)
+        trainer.rebuild_to_phase(state.get("phase_index", 0))  # a grown model before its weights load
         strategy.load_weights(trainer.model, state["model"])
         algorithm.load_state_dict(state.get("algorithm", {}))
         trainer.ctx.global_step = state.get("step", 0)

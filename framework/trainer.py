@@ -76,12 +76,13 @@ class Trainer:
         self.grow(index)
         module, phase = self._module, self.plan.phases[index]
         if phase.trainable is not None:
+            under = lambda name, prefix: name == prefix or name.startswith(prefix + ".")  # noqa: E731
             names = [n for n, _ in module.named_parameters()]
-            unmatched = [t for t in phase.trainable if not any(n == t or n.startswith(t + ".") for n in names)]
+            unmatched = [t for t in phase.trainable if not any(under(n, t) for n in names)]
             if unmatched:
                 raise ValueError(f"phase '{phase.name}': trainable prefixes {unmatched} match no parameter")
             for n, p in module.named_parameters():
-                p.requires_grad_(any(n == t or n.startswith(t + ".") for t in phase.trainable))
+                p.requires_grad_(any(under(n, t) for t in phase.trainable))
         self.model = None  # drop the old wrapper (its gradient hooks) before wrapping again
         optimizers = self.algorithm.configure_optimizers(module, self.ctx)
         self.model, opts = self.strategy.setup(module, {k: v[0] for k, v in optimizers.items()}, self.algorithm)
@@ -91,6 +92,12 @@ class Trainer:
         self.ctx.optimizers = opts
         self.ctx.schedulers = {k: v[1] for k, v in optimizers.items()}
 
+    def rebuild_to_phase(self, index: int) -> None:
+        """The model as it was in phase ``index`` (every growth up to it replayed) and that phase's
+        optimizers and wrapper: what a checkpoint written in that phase loads into."""
+        for i in range(1, index + 1):
+            (self.configure_phase if i == index else self.grow)(i)
+
     # ------------------------------------------------------------------------------- fit
     def fit(self) -> dict:
         cfg, ctx, plan = self.cfg.trainer, self.ctx, self.plan
@@ -99,8 +106,7 @@ class Trainer:
         start = 0
         if state is not None and not self.cfg.resume_weights_only:
             start = state.get("phase_index", 0)
-            for index in range(1, start + 1):  # rebuild a grown model before its weights load
-                (self.configure_phase if index == start else self.grow)(index)
+            self.rebuild_to_phase(start)  # a grown model exists before its weights load
         if state is not None:
             self.restore(state, path)  # restores RNG when resuming
         self.write_config()

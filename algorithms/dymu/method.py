@@ -335,23 +335,31 @@ class Dymu(Algorithm):
         plot.write_text(xy_svg(series, "DYMU: 20 preferences at c = 0 and c = 1", "MFLOPs per image",
                                "mean test loss over tasks", lines=False))
         net = ctx.unwrap(model)
-        lines = []
-        if hasattr(net, "edge_hyper"):
-            n = len(names)
-            special = {f"skewed {t}": [0.9 if i == k else 0.1 / (n - 1) for i in range(n)] for k, t in enumerate(names)}
-            special["uniform"] = [1.0 / n] * n
-            with torch.no_grad():
-                for label, r in special.items():
-                    for budget in (0.0, 1.0):
-                        tree = net.derive(torch.tensor(r, device=ctx.device), budget)
-                        cost = self.costs(net).cost(*tree)
-                        lines.append(f"{label}, c={budget:g}: {cost['nodes']} nodes, {cost['flops'] / 1e6:.2f} MFLOPs\n"
-                                     f"{describe(*tree, names)}\n")
-        else:
+        lines = [f"{label.split('@')[0]}, c={t['budget']:g}: {t['nodes']} nodes, {t['flops'] / 1e6:.2f} MFLOPs\n{t['drawing']}\n"
+                 for label, t in self.typical_trees(net).items()]
+        if not hasattr(net, "edge_hyper"):
             lines.append("no edge hypernetwork in this checkpoint (it is added at the 'edge' phase): no trees\n")
         trees = out_dir / "dymu_trees.txt"
         trees.write_text("\n".join(lines))
         return [plot, trees]
+
+    def typical_trees(self, net) -> dict[str, dict]:
+        """The derived trees of a skewed preference per task (0.9 on it) and the uniform one, at c = 0 and
+        c = 1: ``{"skewed seg@c=0": {pref, budget, parents, nodes, params, flops, drawing}}``; empty
+        before the edge hypernetwork exists."""
+        if not hasattr(net, "edge_hyper"):
+            return {}
+        names, n = [t.name for t in self.tasks], len(self.tasks)
+        special = {f"skewed {t}": [0.9 if i == k else 0.1 / (n - 1) for i in range(n)] for k, t in enumerate(names)}
+        special["uniform"] = [1.0 / n] * n
+        device, out = next(net.parameters()).device, {}
+        with torch.no_grad():
+            for label, r in special.items():
+                for budget in (0.0, 1.0):
+                    tree = net.derive(torch.tensor(r, device=device), budget)
+                    out[f"{label}@c={budget:g}"] = {"pref": r, "budget": budget, "parents": tree[0],
+                                                    **self.costs(net).cost(*tree), "drawing": describe(*tree, names)}
+        return out
 
     def costs(self, net: AnchorNet):
         if self._costs is None:
