@@ -15,7 +15,7 @@ export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 
-.PHONY: install demo demo-gradsplit test clean-runs data-debs
+.PHONY: install demo demo-gradsplit test bench clean-runs data-debs
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/data.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ demo-gradsplit: $(STAMP) data-debs
 
 test: $(STAMP) data-debs
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The cost benchmarks (overhead vs a hand-written loop, DDP, ZeRO memory, method cost,
+## checkpoint stall, data) -> benchmarks/RESULTS.md
+bench: $(STAMP)
+	OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu $(PY) benchmarks/run_all.py
 
 clean-runs:
 	rm -rf runs

@@ -27,7 +27,7 @@ class StepContext:
         self.bad_step = False  # set when this step saw a non-finite loss on any rank
         self.optimizers: dict[str, Any] = {}
         self.schedulers: dict[str, Any] = {}
-        self._logs: dict[str, tuple[float, int, str]] = {}
+        self._logs: dict[str, tuple[list, str]] = {}  # name -> (values or 0-d tensors, reduce)
 
     # --- topology ---------------------------------------------------------------------
     @property
@@ -90,11 +90,22 @@ class StepContext:
     # --- optimisation ---------------------------------------------------------------
     def all_finite(self, losses: dict[str, torch.Tensor] | torch.Tensor) -> tuple[bool, str]:
         """One flag all-reduced across ranks, so every rank skips the same step."""
-        items = losses.items() if isinstance(losses, dict) else [("loss", losses)]
-        bad_name = next((k for k, v in items if not torch.isfinite(v.detach()).all()), "")
-        flag = torch.tensor([1.0 if bad_name else 0.0], device=self.device)
-        flag = self.all_reduce(flag, "max")
-        return flag.item() == 0.0, bad_name or ("a loss on another rank" if flag.item() else "")
+        ok, name, _ = self.finite_values(losses)
+        return ok, name
+
+    def finite_values(self, losses: dict[str, torch.Tensor] | torch.Tensor) -> tuple[bool, str, list[float]]:
+        """``all_finite`` and the losses' values in one device-to-host copy: every loss is stacked
+        with the rank-reduced flag, so a step waits for the device once, not once per loss."""
+        items = list(losses.items()) if isinstance(losses, dict) else [("loss", losses)]
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        stacked = torch.stack([v.detach().reshape(()).to(self.device, dtype) for _, v in items]) if items else \
+            torch.zeros(0, dtype=dtype, device=self.device)
+        finite = torch.isfinite(stacked)
+        flag = self.all_reduce((~finite.all()).to(dtype).reshape(1), "max")
+        host = torch.cat([flag, stacked]).tolist()
+        values = host[1:]
+        bad_name = next((k for (k, _), v in zip(items, values) if not math.isfinite(v)), "")
+        return host[0] == 0.0, bad_name or ("a loss on another rank" if host[0] else ""), values
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward through the strategy. In automatic mode the loss is divided by the
@@ -117,9 +128,9 @@ class StepContext:
         strategy, model = self._t.strategy, self._t.model
         if not self.bad_step:
             strategy.sync_owned_grads(self._t.algorithm.owned_module())
-            if self._t.cfg.trainer.grad_clip > 0:
-                norm = strategy.clip_grad_norm(model, self._t.cfg.trainer.grad_clip)
-                self.log("grad_norm", float(norm))
+            if self._t.grad_clip > 0:
+                norm = strategy.clip_grad_norm(model, self._t.grad_clip)
+                self.log("grad_norm", norm)
             strategy.optimizer_step(opt, model)
             if self.schedulers.get(name) is not None:
                 self.schedulers[name].step()
@@ -143,15 +154,28 @@ class StepContext:
 
     def log(self, name: str, value: float | torch.Tensor, reduce: str = "mean") -> None:
         """Log a non-loss value; averaged over the log window, then reduced across ranks
-        with ``reduce`` (mean | sum | max | min) when the trainer writes a log line."""
-        value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-        if not math.isfinite(value):
-            return
-        total, count, _ = self._logs.get(name, (0.0, 0, reduce))
-        self._logs[name] = (total + value, count + 1, reduce)
+        with ``reduce`` (mean | sum | max | min) when the trainer writes a log line. A tensor is
+        kept on its device (a copy) until then: logging does not wait for the device."""
+        value = value.detach().to(torch.float64 if value.device.type != "mps" else torch.float32, copy=True).reshape(()) \
+            if isinstance(value, torch.Tensor) else float(value)
+        entry = self._logs.get(name)
+        if entry is None:
+            self._logs[name] = entry = ([], reduce)
+        entry[0].append(value)
 
     def pop_logs(self) -> dict[str, tuple[float, str]]:
-        out = {k: (t / max(c, 1), r) for k, (t, c, r) in self._logs.items()}
+        """Window means of the logged values (non-finite ones dropped), read from the device in one copy."""
+        tensors = [v for values, _ in self._logs.values() for v in values if isinstance(v, torch.Tensor)]
+        host = iter(torch.stack([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else [])
+        out = {}
+        for name, (values, reduce) in self._logs.items():
+            total, count = 0.0, 0
+            for v in values:
+                v = next(host) if isinstance(v, torch.Tensor) else v
+                if math.isfinite(v):
+                    total, count = total + v, count + 1
+            if count:
+                out[name] = (total / count, reduce)
         self._logs = {}
         return out
 

@@ -1,7 +1,9 @@
-"""Plots as self-contained SVG text: no plotting library needed on a training machine.
+"""Plots of a run: PNG files through matplotlib (Agg, no display), and the same shapes as
+self-contained SVG text for code that must not import a plotting library.
 
-Three shapes cover what a run reports: lines (curves over steps), points (a trade-off, e.g.
-accuracy against FLOPs) and a heat map (the phase × evaluation-set matrix).
+Three shapes cover what a run reports: lines (curves over steps, ROC curves), points (a
+trade-off, e.g. accuracy against FLOPs) and a heat map (the phase × evaluation-set matrix);
+bars compare runs.
 """
 
 from __future__ import annotations
@@ -82,3 +84,78 @@ def heatmap_svg(rows: list[str], cols: list[str], values: list[list[float | None
                          f'<text x="{x + cell_w / 2}" y="{y + cell_h / 2 + 4}" text-anchor="middle">{v:.3f}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------- PNG
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def xy_png(series: dict[str, list[tuple[float, float]]], path, title: str, xlabel: str, ylabel: str,
+           lines: bool = True, logx: bool = False):
+    """Named series of (x, y) points as lines (or dots) with a legend; non-finite points dropped."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    for name, pts in series.items():
+        pts = [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+        xs, ys = [x for x, _ in pts], [y for _, y in pts]
+        if lines and len(pts) > 1:
+            ax.plot(xs, ys, label=name, linewidth=1.5)
+        else:
+            ax.scatter(xs, ys, label=name, s=18, alpha=0.8)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+def heatmap_png(rows: list[str], cols: list[str], values: list[list[float | None]], path, title: str):
+    """Cells shaded by value and labelled; None or non-finite = empty (grey)."""
+    import numpy as np
+
+    plt = _pyplot()
+    grid = np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.5, 0.5 * len(rows) + 1.8), dpi=100)
+    cmap = plt.get_cmap("Blues").copy()
+    cmap.set_bad("#eeeeee")
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    finite = grid[np.isfinite(grid)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                        color="white" if grid[i, j] > mid and finite.max() > finite.min() else "black")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+def bars_png(values: dict[str, float], path, title: str, ylabel: str):
+    """One bar per name (e.g. Δm of each run against a baseline)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(values) + 2), 4), dpi=100)
+    names = list(values)
+    ax.bar(range(len(names)), [values[n] for n in names], color="#1f77b4")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set(title=title, ylabel=ylabel)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path

@@ -35,6 +35,8 @@ class Trainer:
         self.hooks = [*load_callbacks(cfg.trainer.get("callbacks") or []), *(hooks or []), *algorithm.callbacks()]
         self.manual = algorithm.capabilities.manual_optimization
         self.accum = 1 if self.manual else cfg.trainer.accumulate_grad_batches
+        # read once: a config lookup costs microseconds, several of them per step add up on small models
+        self.grad_clip, self.precision = float(cfg.trainer.grad_clip), str(cfg.trainer.precision)
         self.ctx = StepContext(self)
         # named auxiliary streams (e.g. a balanced meta set) offered by the data module: ctx.aux(name)
         self.aux_iterators: dict[str, Any] = getattr(data, "aux_iterators", dict)()
@@ -116,6 +118,7 @@ class Trainer:
         self._emit("before_fit")
         self._segment_start, self._t_start = ctx.global_step, time.time()
         window = _Window()
+        every = (int(cfg.ckpt_every), int(cfg.eval_every), int(cfg.log_every))  # read once, not per step
 
         for index in range(start, len(plan.phases)):
             if index < self.phases_done:
@@ -131,9 +134,9 @@ class Trainer:
             self._emit("before_phase", phase.name)
             while ctx.global_step < plan.ends[index]:
                 losses = self.train_step(batches, window)
-                self._every(cfg.ckpt_every, self.save_checkpoint)
-                self._every(cfg.eval_every, lambda: self.evaluate(cfg.eval_split))
-                if ctx.global_step % cfg.log_every == 0 or ctx.global_step == plan.total:
+                self._every(every[0], self.save_checkpoint)
+                self._every(every[1], lambda: logger.write(ctx.global_step, self.evaluate(cfg.eval_split)))
+                if ctx.global_step % every[2] == 0 or ctx.global_step == plan.total:
                     self.write_logs(logger, window, losses)
             self._emit("after_phase", phase.name)
             self.algorithm.on_phase_end(phase.name, self.model, ctx)
@@ -176,28 +179,33 @@ class Trainer:
             os.replace(tmp, self.run_dir / "config.yaml")
 
     def train_step(self, batches, window: _Window) -> dict[str, float]:
-        """One optimizer step: ``accum`` micro-batches, a finite check, then the step."""
+        """One optimizer step: ``accum`` micro-batches, a finite check, then the step. The device is
+        waited for once per micro-batch (the finite flag and the loss values in one copy)."""
         ctx, alg = self.ctx, self.algorithm
-        self.model.train()
+        if not _all_training(self.model):
+            self.model.train()
         self._emit("before_step", ctx.global_step)
         ctx.bad_step, step_losses = False, {}
         t0 = time.time()
         for ctx.micro in range(self.accum):
-            batch = to_device(next(batches), self.strategy.device)
-            window.samples += count_samples(batch)
+            batch = next(batches)
+            window.samples += count_samples(batch)  # on the host, before the copy: no device sync
+            batch = to_device(batch, self.strategy.device)
             # forward and backward of a micro-batch that does not end the step skip gradient sync
             with contextlib.nullcontext() if self.manual else ctx.no_sync():
                 with self.autocast():
                     losses = alg.training_step(self.model, batch, ctx)
                 if not self.manual:
-                    ok, name = ctx.all_finite(losses)
+                    ok, name, values = ctx.finite_values(losses)
                     if not ok:
                         self.mark_bad(name)
                     self._emit("before_backward", ctx.micro)
                     alg.backward(losses, ctx)  # skips itself on a bad step
                     self._emit("after_backward", ctx.micro)
-            for k, v in losses.items():
-                step_losses[k] = step_losses.get(k, 0.0) + float(v.detach()) / self.accum
+            if self.manual:
+                values = _host_values(losses)
+            for k, v in zip(losses, values):
+                step_losses[k] = step_losses.get(k, 0.0) + v / self.accum
         if not self.manual:
             if not ctx.bad_step:
                 self._emit("before_optimizer_step")
@@ -354,7 +362,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------- helpers
     def autocast(self):
-        if self.cfg.trainer.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(self.strategy.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -450,6 +458,20 @@ class _Window:
 
     def mean(self) -> dict[str, float]:
         return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+
+def _all_training(model: torch.nn.Module) -> bool:
+    """True when every submodule is in training mode (then ``model.train()`` would change nothing)."""
+    return all(m.training for m in model.modules())
+
+
+def _host_values(losses: dict[str, torch.Tensor]) -> list[float]:
+    """The losses as floats, read from the device in one copy."""
+    if not losses:
+        return []
+    device = next(iter(losses.values())).device
+    dtype = torch.float64 if device.type != "mps" else torch.float32
+    return torch.stack([v.detach().reshape(()).to(device, dtype) for v in losses.values()]).tolist()
 
 
 def count_samples(batch: Any) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from framework.data.loader import collate, finalize
-from framework.data.shards import ShardError, decode_sample, load_index, read_sample_at
+from framework.data.shards import ShardError, decode_sample, is_remote, load_index, read_sample_at
 
 
 class IndexedSplit:
@@ -54,7 +54,11 @@ class IndexedSplit:
 
     def read(self, i: int) -> dict[str, Any]:
         shard = int(self.index["shard"][i])
-        file = self.root / self.entry["shards"][shard]["file"]
+        name = self.entry["shards"][shard]["file"]
+        if is_remote(name):
+            raise ShardError(name, 0, f"split '{self.name}' is read by random access (episodes, auxiliary "
+                             "batches), which needs local shards; copy the shards to local disk for this split")
+        file = self.root / name
         if shard not in self._files:
             try:
                 self._files[shard] = open(file, "rb")  # noqa: SIM115 - kept open for random access, closed in close()

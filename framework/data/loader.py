@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from framework.data.shards import ShardError, decode_sample, iter_raw_samples
+from framework.data.shards import ShardError, decode_sample, is_remote, iter_raw_samples, shard_location
 
 IGNORE = 255  # value of a dense-map pixel without a label on disk; -1 in batches
 
@@ -58,6 +58,7 @@ class StreamSpec:
     name: str = "train"  # split name: part of every seed, and of messages
     attrs: tuple[str, ...] = ()  # per-sample attributes every batch carries (-1 = unknown)
     refused: dict[str, str] = field(default_factory=dict)  # file -> why, refused at start-up (on_error=skip)
+    verify: str = "sha256"  # remote shards are hashed while read under "sha256" (local ones at start-up)
 
     @property
     def workers(self) -> int:
@@ -239,12 +240,14 @@ def read_shard(spec: StreamSpec, i: int, errors: list | None) -> Iterator[dict]:
     shard = spec.shards[i]
     if shard["file"] in spec.refused:
         if spec.on_error == "raise" or errors is None:
-            raise ShardError(spec.root / shard["file"], 0, spec.refused[shard["file"]])
+            raise ShardError(shard_location(spec.root, shard["file"]), 0, spec.refused[shard["file"]])
         why = spec.refused[shard["file"]]
         errors.append((shard["file"], shard["count"], f"{why} (refused before reading)"))
         return
     try:
-        for raw in iter_raw_samples(spec.root / shard["file"], expected=shard["count"]):
+        remote_hash = shard.get("sha256") if spec.verify == "sha256" and is_remote(shard["file"]) else None
+        for raw in iter_raw_samples(shard_location(spec.root, shard["file"]), expected=shard["count"],
+                                    sha256=remote_hash):
             raw["__shard__"] = i
             yield raw
     except ShardError as exc:
@@ -260,7 +263,7 @@ def decode_or_report(spec: StreamSpec, raw: dict, errors: list | None) -> dict |
         file = spec.shards[raw["__shard__"]]["file"]
         detail = f"sample {raw['__key__']} cannot be decoded: {type(exc).__name__}: {exc}"
         if spec.on_error == "raise" or errors is None:
-            raise ShardError(spec.root / file, 0, detail) from exc
+            raise ShardError(shard_location(spec.root, file), 0, detail) from exc
         errors.append((file, 1, detail))
         return None
 

@@ -43,7 +43,7 @@ from framework.data.loader import (
     take_rows,
 )
 from framework.data.mixing import MixedStream, RowBuffer
-from framework.data.shards import MANIFEST, read_manifest, reprepare_hint, verify_shards
+from framework.data.shards import MANIFEST, read_manifest, reprepare_hint, shard_location, verify_shards
 from framework.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class DataModule:
             for file, why in bad.items():
                 if file not in known and self.rank == 0:
                     log.warning(
-                        "data.on_error=skip: shard %s %s; its samples are skipped", self.root / file, why
+                        "data.on_error=skip: shard %s %s; its samples are skipped", shard_location(self.root, file), why
                     )
                 known[file] = why
             shards = self.manifest["splits"][split]["shards"]
@@ -225,6 +225,7 @@ class DataModule:
             name=split,
             attrs=self.attrs,
             refused=dict(self.refused.get(split, {})),
+            verify=self._opt("verify", "sha256"),
         )
 
     def _build_mixture(self) -> None:

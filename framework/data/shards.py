@@ -12,6 +12,11 @@ The reader parses tar headers itself: it is several times faster than ``tarfile`
 members, checks every header checksum, and a shard that ends early or holds fewer samples
 than its manifest entry raises ``ShardError`` naming the shard (``tarfile`` stops silently at
 a corrupt header in the middle of a stream).
+
+A manifest's shard entries may also be URLs (``http://``, ``https://``, ``pipe:COMMAND``): such
+a shard is opened through ``webdataset``'s ``gopen`` and streamed. Counts still come from the
+manifest, so planning and exact resume are unchanged; a remote shard cannot be statted or hashed
+at start-up, so its sha256 is checked while it is read (a mismatch raises once the shard ends).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 MANIFEST = "manifest.json"
+REMOTE = ("http://", "https://", "pipe:")
 FORMAT_VERSION = 2
 BLOCK = 512
 
@@ -173,6 +179,16 @@ def _file_entries(manifest: dict[str, Any]) -> Iterator[tuple[str, Any]]:
         yield "extra.pairs_file", pairs
 
 
+def is_remote(file: Any) -> bool:
+    """A shard entry that names a URL (``http(s)://``) or a ``pipe:`` command, not a file."""
+    return isinstance(file, str) and file.startswith(REMOTE)
+
+
+def shard_location(root: Path | str, file: str) -> Path | str:
+    """Where a shard entry is read from: the URL itself, or the file inside the dataset directory."""
+    return file if is_remote(file) else Path(root) / file
+
+
 def _inside(file: Any) -> bool:
     """A relative path without ``..`` (``/`` or ``\\`` separated, no drive letter)."""
     if not isinstance(file, str) or not file:
@@ -185,6 +201,8 @@ def check_file_entries(manifest: dict[str, Any], path: Path | str) -> None:
     """Refuse a manifest whose file entries leave the dataset directory (absolute, ``..``):
     a copied or hand-edited manifest must not make a run read files of another dataset."""
     for key, file in _file_entries(manifest):
+        if ".shards[" in key and is_remote(file):
+            continue  # a URL: read through webdataset's openers, never resolved against the directory
         if not _inside(file):
             raise ValueError(
                 f"{path}: {key} = {file!r} is not a relative path inside the dataset directory; "
@@ -214,6 +232,8 @@ def shard_problems(root: Path, manifest: dict[str, Any], split: str, mode: str =
         return problems
     manifest_path = Path(root) / MANIFEST
     for shard in manifest["splits"][split]["shards"]:
+        if is_remote(shard["file"]):
+            continue  # nothing to stat without reading it: its sha256 is checked while it is read
         path = Path(root) / shard["file"]
         try:
             st = path.stat()
@@ -339,20 +359,72 @@ def _group(members: Iterator[tuple[str, bytes]]) -> Iterator[dict[str, Any]]:
         yield current
 
 
-def iter_raw_samples(path: Path, expected: int | None = None) -> Iterator[dict[str, Any]]:
+def open_shard(location: Path | str) -> BinaryIO:
+    """A binary stream of a shard: a local file, or ``webdataset``'s ``gopen`` for a URL / ``pipe:``."""
+    if is_remote(location):
+        from webdataset.gopen import gopen
+
+        return gopen(str(location), "rb")
+    return open(location, "rb", buffering=1 << 20)  # noqa: SIM115 - closed by iter_raw_samples
+
+
+class _Hashing:
+    """A read-through stream that hashes every byte read."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+
+def _abandon(f: Any) -> None:
+    """Close a stream left before its end; a ``pipe:``/URL reader's process is stopped first, and
+    its exit status (killed) is not an error here."""
+    proc = getattr(f, "proc", None)
+    try:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        f.close()
+    except Exception:  # noqa: BLE001 - the reader was abandoned on purpose
+        pass
+
+
+def iter_raw_samples(path: Path | str, expected: int | None = None, sha256: str | None = None) -> Iterator[dict[str, Any]]:
     """Group a shard's members by key without decoding (cheap enough to replay on resume).
 
-    Raises ``ShardError`` naming the shard when it is missing, unreadable, ends inside a
-    sample, or (with ``expected``) holds a different number of samples than its manifest entry.
+    ``path`` is a local file or a URL (``shard_location``). Raises ``ShardError`` naming the shard
+    when it is missing, unreadable, ends inside a sample, or (with ``expected``) holds a different
+    number of samples than its manifest entry. With ``sha256`` (remote shards), the bytes read
+    are hashed and a mismatch raises once the whole shard has been read.
     """
     good = 0
     try:
-        with open(path, "rb", buffering=1 << 20) as f:
-            for raw in _group(_members(f)):
+        f = open_shard(path)
+    except (OSError, ValueError) as exc:
+        raise ShardError(path, good, f"{type(exc).__name__}: {exc}") from exc
+    stream = _Hashing(f) if sha256 else f
+    finished = False
+    try:
+        try:
+            for raw in _group(_members(stream)):
                 if "json" not in raw:
                     raise ValueError(f"sample {raw['__key__']} has no json member")
                 good += 1
                 yield raw
+            if sha256:
+                while stream.read(1 << 20):  # the end-of-archive blocks are part of the hashed file
+                    pass
+            finished = True
+        finally:
+            if finished:
+                f.close()  # a pipe's exit status is checked here
+            else:
+                _abandon(f)
+        if sha256 and stream.h.hexdigest() != sha256:
+            raise ValueError(f"the bytes read do not match the manifest's sha256 ({good} samples were read)")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ShardError(path, good, f"{type(exc).__name__}: {exc}") from exc
     if expected is not None and good != expected:
