@@ -15,7 +15,7 @@ export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 
-.PHONY: install demo demo-gradsplit test bench clean-runs data-debs
+.PHONY: install demo demo-gradsplit test bench reliability clean-runs data-debs
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/data.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test: $(STAMP) data-debs
 ## checkpoint stall, data) -> benchmarks/RESULTS.md
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu $(PY) benchmarks/run_all.py
+
+## Fault injection at every injection point (tests/reliability; hours on 2 cores), then the
+## README's reliability table from its results
+reliability: $(STAMP) data-debs
+	MEDLEY_RELIABILITY=full $(PY) -m pytest -q tests/reliability $(PYTEST_ARGS); status=$$?; \
+	$(PY) scripts/reliability_table.py; exit $$status
 
 clean-runs:
 	rm -rf runs

@@ -5,10 +5,17 @@ state, data position and RNG per rank), loadable with ``torch.load(weights_only=
 A sharding strategy (DeepSpeed) also writes a directory ``step-XXXXXXXX.ds/`` of per-rank
 shards; its ``.pt`` file is then the pointer that makes the checkpoint visible, and it goes
 when the pointer goes.
+
+Every file is written under a hidden temporary name, fsynced and renamed into place, so a crash
+or a full disk at any moment leaves the previous checkpoint as it was and no partial file under
+a name ``resume=auto`` would pick. Loading accepts only Medley's own files and unpickles nothing
+but tensors and plain containers.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import re
 import shutil
@@ -19,6 +26,100 @@ import numpy as np
 import torch
 
 _STEP = re.compile(r"step-(\d+)\.pt$")
+#: the keys every Medley checkpoint holds (``Trainer.state`` plus the strategy's model weights)
+REQUIRED_KEYS = ("step", "model", "world_size")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable Medley checkpoint, or one that names paths outside its directory."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint (or another run file) failed; the previous files are untouched."""
+
+
+def load_file(path: Path) -> dict:
+    """A Medley checkpoint file: ``weights_only`` (no object other than tensors and plain containers
+    is ever unpickled) and checked to be Medley's before any field is used."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign or damaged files
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{path} is not a readable Medley checkpoint ({type(exc).__name__}: {first}); "
+                              f"only files written by Medley load, and nothing but tensors and plain "
+                              f"containers is unpickled") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a Medley checkpoint: it lacks {', '.join(missing)} "
+                              f"(pass a checkpoints/step-N.pt file or a run directory)")
+    return state
+
+
+def inside(base: Path, name: str, what: str) -> Path:
+    """``base/name`` where ``name`` is one plain entry of ``base`` (no separator, no ``..``): a file
+    must not steer reads or writes outside its own directory."""
+    if not name or name != Path(name).name or name in (".", "..") or "\\" in name:
+        raise CheckpointError(f"{what}: '{name}' is not a plain name inside {base}; refused")
+    return base / name
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """Temporary name, fsync, rename: a crash mid-save leaves the previous file untouched, and a
+    failed write (a full disk) leaves no partial file and raises CheckpointWriteError naming it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except (OSError, RuntimeError) as exc:
+        raise write_error(path, exc) from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """A small run file (summary, config) written whole or not at all."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_error(path: Path, exc: BaseException) -> CheckpointWriteError:
+    """A CheckpointWriteError naming ``path`` and the cause (torch wraps an OSError in a RuntimeError)."""
+    cause, seen = exc, set()
+    while cause is not None and not isinstance(cause, OSError) and id(cause) not in seen:
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    code = getattr(cause, "errno", None)
+    reason = os.strerror(code) if code else str(exc).splitlines()[0]
+    hint = " (disk full: free space there or set paths.run_root elsewhere)" if code in (errno.ENOSPC, errno.EDQUOT) else ""
+    return CheckpointWriteError(code or errno.EIO, f"could not write {path}: {reason}{hint}; earlier files are "
+                                f"untouched and no partial file was left; resume=auto continues from the "
+                                f"last complete checkpoint")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:

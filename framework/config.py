@@ -123,6 +123,7 @@ class DataConfig:
     # raise: a bad shard stops the run, named (missing/resized/changed ones at start-up) | skip: bad shards,
     # also ones changed since prepare, are left out, counted in skipped_data, equal steps per rank kept
     on_error: str = "raise"
+    allow_pipe_shards: bool = False  # run the shell commands of a manifest's `pipe:` shard entries
     eval_splits: list = field(default_factory=lambda: ["val", "test"])
 
 
@@ -141,6 +142,8 @@ class TrainerConfig:
     monitor: Optional[str] = None  # e.g. val/left/acc: also keep checkpoints/best.pt
     monitor_mode: str = "max"
     max_bad_steps: int = ranged(5, ge=1)  # stop when this many consecutive losses are non-finite
+    # SIGTERM: ranks agree to stop every this many steps (one all-reduce), then checkpoint and exit 75
+    preempt_check_every: int = ranged(10, ge=1)
     eval_split: str = "val"  # split evaluated every eval_every steps; the end also runs "test"
     # hooks loaded by name: ["pkg.mod:Class", {class: "pkg.mod:Class", kwarg: value}] (docs/phases.md)
     callbacks: list = field(default_factory=list)
@@ -349,6 +352,7 @@ def compose_overrides(overrides: Sequence[str] = (), config_name: str = "train")
     from hydra.errors import ConfigCompositionException
 
     unknown: list[str] = []
+    wrong: list[tuple[str, str, str]] = []  # (key, value as given, Hydra's reason) of values of the wrong type
     rest, cfg = list(overrides), None
     while True:
         try:
@@ -357,17 +361,61 @@ def compose_overrides(overrides: Sequence[str] = (), config_name: str = "train")
             break
         except ConfigCompositionException as exc:
             culprit = _unknown_override(exc, rest)
-            if culprit is None and not unknown:
+            bad = None if culprit else _wrong_type_override(exc, rest)
+            if culprit is None and bad is None and not (unknown or wrong):
                 raise
-            if culprit is None:  # another problem besides the unknown keys: report those first
+            if culprit is None and bad is None:  # another problem besides these: report those first
                 cfg = None
                 break
-            rest.remove(culprit[0])
-            unknown.append(culprit[1])
+            if culprit:
+                rest.remove(culprit[0])
+                unknown.append(culprit[1])
+            else:
+                rest.remove(bad[0])
+                wrong.append(bad[1:])
     if unknown:
         keys = schema_keys(cfg)
         raise ConfigError("\n".join(unknown_key(key, keys, _owner(cfg, key)) for key in unknown))
+    if wrong:
+        raise ConfigError("\n".join(_wrong_type(cfg, *w) for w in wrong))
     return cfg
+
+
+def _wrong_type_override(exc: Exception, overrides: list[str]) -> tuple[str, str, str, str] | None:
+    """``(override, key, value, reason)`` when Hydra could not convert an override's value to its key's type."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf.errors import ValidationError
+
+    cause = exc.__cause__
+    key = getattr(cause, "full_key", None)
+    if not isinstance(cause, ValidationError) or not key:
+        return None
+    for line, parsed in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
+        if parsed.key_or_group == key:
+            return line, key, line.partition("=")[2], str(cause).splitlines()[0]
+    return None
+
+
+def _wrong_type(cfg: DictConfig | None, key: str, value: str, reason: str) -> str:
+    """``key='value': must be <type> <range or choices> (Hydra's reason)``."""
+    leaf = next(((f, hint) for prefix, cls, _ in (_schemas(cfg) if cfg is not None else [("", TrainConfig, "")])
+                 for k, f, hint in schema_leaves(cls, prefix) if k == key), None)
+    expected = ""
+    if leaf is not None:
+        f, hint = leaf
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        base = args[0] if args else hint
+        expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                    list: "a list", dict: "a mapping"}.get(typing.get_origin(base) or base, str(base))
+        valid = field_range(f)
+        if valid is not None:
+            expected += f" {valid}"
+        if key in _CHOICES:
+            expected += f" (one of {', '.join(_CHOICES[key])})"
+        if args and len(typing.get_args(hint)) > len(args):
+            expected += " or null"
+    must = f"must be {expected} " if expected else ""
+    return f"{key}={value!r}: {must}({reason})"
 
 
 def _unknown_override(exc: Exception, overrides: list[str]) -> tuple[str, str] | None:

@@ -98,7 +98,11 @@ def check_same_config(cfg: DictConfig, strategy: Any) -> None:
 
 def resolve_run_dir(cfg: DictConfig, strategy: Any) -> Path:
     """Explicit ``paths.run_dir``; else ``resume=auto`` continues the newest run of this name;
-    else a new ``run_root/name/timestamp``. Decided on rank 0 and broadcast."""
+    else a new ``run_root/name/timestamp``. Decided on rank 0 and broadcast.
+
+    A new directory is claimed with an exclusive ``mkdir``, so two runs of one name started in the
+    same second get two directories. A run another live process still writes is refused by
+    ``lock_run_dir`` (``resume=auto`` never continues it)."""
     if cfg.paths.run_dir:
         path = Path(cfg.paths.run_dir).expanduser().resolve()
     else:
@@ -112,15 +116,54 @@ def resolve_run_dir(cfg: DictConfig, strategy: Any) -> Path:
                 p = Path(cfg.resume).resolve()
                 path = p if (p / "checkpoints").is_dir() else p.parent.parent
             if path is None:
-                stamp = time.strftime("%Y%m%d-%H%M%S")
-                path, n = base / stamp, 1
-                while path.exists():
-                    path, n = base / f"{stamp}-{n}", n + 1
+                path = claim_new_run_dir(base)
         path = Path(strategy.broadcast_object(str(path) if path else None))
     if strategy.is_global_zero:
         path.mkdir(parents=True, exist_ok=True)
     strategy.barrier()
     return path
+
+
+def claim_new_run_dir(base: Path) -> Path:
+    """``base/YYYYmmdd-HHMMSS[-n]``, created here and by no one else (``mkdir`` fails if it exists)."""
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = base / stamp, 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            path, n = base / f"{stamp}-{n}", n + 1
+
+
+LOCK_NAME = ".run.lock"
+
+
+def lock_run_dir(run_dir: Path) -> Any:
+    """Hold an exclusive ``flock`` on ``run_dir/.run.lock`` for the life of the run (rank 0): the
+    kernel drops it when the process ends, however it ends. Returns the open file (close it to
+    release); raises RunInUseError when another live process holds it."""
+    import fcntl
+
+    handle = open(run_dir / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "?"
+        handle.close()
+        raise RunInUseError(f"run directory {run_dir} is being written by another live process (pid {owner}); "
+                            f"wait for it to end, or start a new run (another name, or without resume)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+class RunInUseError(RuntimeError):
+    """Two processes would write one run directory."""
 
 
 def build_strategy(cfg: DictConfig) -> Any:
@@ -131,15 +174,37 @@ def build_strategy(cfg: DictConfig) -> Any:
 
 
 def train(cfg: DictConfig, hooks: list | None = None, strategy: Any = None) -> dict:
-    """Run one training job from a validated config; returns the summary (also written to disk)."""
+    """Run one training job from a validated config; returns the summary (also written to disk).
+    SIGTERM stops it after the current step with a checkpoint (``framework.preemption``)."""
+    from framework.preemption import Preemption, handle_sigterm
+
     check_capabilities(cfg)
     strategy = strategy or build_strategy(cfg)
     setup_logging(strategy.rank)
     check_same_config(cfg, strategy)
     run_dir = resolve_run_dir(cfg, strategy)  # config.yaml is written once the start is validated
+    lock, refused = None, None
     if strategy.is_global_zero:
-        log.info("run directory: %s", run_dir)
+        try:
+            lock = lock_run_dir(run_dir)
+        except RunInUseError as exc:
+            refused = str(exc)
+    refused = strategy.broadcast_object(refused)  # every rank stops, not only rank 0
+    if refused:
+        raise RunInUseError(refused)
+    try:
+        if strategy.is_global_zero:
+            log.info("run directory: %s", run_dir)
+        preemption = Preemption(cfg.trainer.preempt_check_every)
+        with handle_sigterm(preemption):
+            summary = _fit(cfg, strategy, run_dir, [*(hooks or []), preemption])
+    finally:
+        if lock is not None:
+            lock.close()
+    return summary
 
+
+def _fit(cfg: DictConfig, strategy: Any, run_dir: Path, hooks: list) -> dict:
     from framework.data.module import DataModule
     from framework.trainer import Trainer
 
@@ -151,9 +216,9 @@ def train(cfg: DictConfig, hooks: list | None = None, strategy: Any = None) -> d
     summary = trainer.fit()
     summary["run_dir"] = str(run_dir)
     if strategy.is_global_zero:
-        tmp = run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, run_dir / "summary.json")
+        from framework.checkpoint import write_text_atomic
+
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
         log.info("summary: %s", json.dumps(summary["final_metrics"]))
     strategy.barrier()
     return summary

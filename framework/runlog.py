@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ class RunLogger:
         self.run_dir, self.total = run_dir, total_steps
         if self.enabled and resumed:
             truncate_metrics(run_dir / "metrics.jsonl", start_step)
-        self._jsonl = open(run_dir / "metrics.jsonl", "a") if self.enabled else None
+        self._jsonl = (os.open(run_dir / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                       if self.enabled else None)
         self._tb = None
         if self.enabled and cfg.logger.tensorboard:
             from tensorboardX import SummaryWriter
@@ -40,11 +42,28 @@ class RunLogger:
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
-        self._jsonl.flush()
+        self._append_line(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(k, v, step)
+
+    def _append_line(self, line: str) -> None:
+        """One whole line or none: unbuffered, and a failed write (a full disk) is cut back off the
+        file and raised naming it, so no half line is left for a reader or a resumed run."""
+        data, fd = line.encode(), self._jsonl
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(fd, data[done:])
+        except OSError as exc:
+            from framework.checkpoint import write_error
+
+            try:
+                os.ftruncate(fd, end)
+            except OSError:
+                pass
+            raise write_error(self.run_dir / "metrics.jsonl", exc) from exc
 
     def progress(self, step: int, loss: float | None, samples_per_s: float | None) -> None:
         if self.mode == "off":
@@ -70,7 +89,8 @@ class RunLogger:
         if self._bar is not None:
             self._bar.close()
         if self._jsonl is not None:
-            self._jsonl.close()
+            os.close(self._jsonl)
+            self._jsonl = None
         if self._tb is not None:
             self._tb.close()
 

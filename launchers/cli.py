@@ -22,8 +22,8 @@ commands:
                                     write a dataset's shards + manifest.json
   list algorithms|strategies|datasets|matrix
   eval RUN_DIR|CHECKPOINT [--split test] [--out FILE] [overrides]
-  report RUN_DIR|CHECKPOINT [--out DIR] [--no-algorithm] [overrides]
-                                    SVG plots: curves, the phase x set matrix, the algorithm's figures
+  report RUN_DIR|CHECKPOINT [RUN_DIR ...] [--out DIR] [--baseline RUN] [--no-algorithm] [overrides]
+                                    PNG plots, report.md comparing runs (Δm), the algorithm's figures
 """
 
 BUILTIN = ("train", "prepare", "list", "eval", "report")

@@ -4,6 +4,9 @@ Plugins are loaded and the config validated before torch is imported, so a typo 
 well under a second. Under ``accelerate launch`` / ``torchrun`` / ``deepspeed`` every rank runs
 this same entry point with the same arguments; capability and launcher checks run before the
 strategy starts a process group.
+
+Exit status: 0 done; 75 (``PREEMPTED_EXIT_CODE``) stopped by SIGTERM after writing a checkpoint
+(rerun with ``resume=auto``); 1 anything else, with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -80,15 +83,25 @@ def main(cfg: DictConfig) -> None:
         check_capabilities(cfg)
     except ConfigError as exc:
         sys.exit(f"medley: config error: {exc}")
-    from framework.run import build_strategy, print_summary, train
+    from framework.checkpoint import CheckpointError, CheckpointWriteError
+    from framework.preemption import PREEMPTED_EXIT_CODE, Preempted
+    from framework.run import RunInUseError, build_strategy, print_summary, train
 
     strategy = build_strategy(cfg)
+    preempted = None
     try:
         summary = train(cfg, strategy=strategy)
     except ConfigError as exc:  # e.g. ranks that composed different configs
         sys.exit(f"medley: config error (rank {strategy.rank}): {exc}")
+    except (RunInUseError, CheckpointError, CheckpointWriteError) as exc:
+        sys.exit(f"medley: error (rank {strategy.rank}): {exc}")
+    except Preempted as exc:  # every rank wrote its part of the checkpoint: leave together
+        preempted = exc
     finally:
         strategy.teardown()
+    if preempted is not None:
+        print(f"medley: {preempted}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
     print_summary(summary)
 
 

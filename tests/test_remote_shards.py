@@ -49,7 +49,7 @@ def _ids(batches, n):
 
 
 def test_http_shards_give_the_same_batches_as_local_ones(served):
-    remote = DataModule(MultiMNISTConfig(limit=512, batch_size=32), served["root"], seed=0)
+    remote = DataModule(MultiMNISTConfig(limit=512, batch_size=32, allow_pipe_shards=True), served["root"], seed=0)
     assert remote.root == served["copy"]
     steps = remote.steps_in_epoch(0)
     assert steps == served["local"].steps_in_epoch(0) == 16  # planned from the manifest alone
@@ -57,7 +57,7 @@ def test_http_shards_give_the_same_batches_as_local_ones(served):
 
 
 def test_resume_from_http_shards_continues_exactly(served):
-    cfg = MultiMNISTConfig(limit=512, batch_size=32)
+    cfg = MultiMNISTConfig(limit=512, batch_size=32, allow_pipe_shards=True)
     full = _ids(DataModule(cfg, served["root"], seed=0).epoch_batches(), 12)
     first = DataModule(cfg, served["root"], seed=0)
     stream = first.epoch_batches()
@@ -69,7 +69,7 @@ def test_resume_from_http_shards_continues_exactly(served):
 
 
 def test_pipe_shards_are_evaluated_with_every_sample_once(served):
-    remote = DataModule(MultiMNISTConfig(limit=512, batch_size=32, eval_batch_size=100), served["root"], seed=0)
+    remote = DataModule(MultiMNISTConfig(limit=512, batch_size=32, eval_batch_size=100, allow_pipe_shards=True), served["root"], seed=0)
     ids = [int(i) for b in remote.eval_loader("val") for i, keep in zip(b["id"], b["mask"]) if keep]
     assert sorted(ids) == list(range(512))
 
@@ -82,12 +82,17 @@ def test_a_remote_shard_whose_bytes_differ_from_the_manifest_sha256_is_named(ser
     bad = manifest["splits"]["val"]["shards"][0]
     bad["sha256"] = "0" * 64
     (copy / MANIFEST).write_text(json.dumps(manifest))
-    dm = DataModule(MultiMNISTConfig(limit=512, batch_size=32, eval_batch_size=100), root, seed=0)
+    dm = DataModule(MultiMNISTConfig(limit=512, batch_size=32, eval_batch_size=100, allow_pipe_shards=True), root, seed=0)
     with pytest.raises(ShardError, match="sha256") as err:
         list(dm.eval_loader("val"))
     assert bad["file"] in str(err.value)
-    off = DataModule(MultiMNISTConfig(limit=512, batch_size=32, eval_batch_size=100, verify="none"), root, seed=0)
+    off = DataModule(MultiMNISTConfig(limit=512, batch_size=32, eval_batch_size=100, verify="none", allow_pipe_shards=True), root, seed=0)
     assert sum(int(b["mask"].sum()) for b in off.eval_loader("val")) == 512  # verify=none reads it
+
+
+def test_pipe_shards_run_only_where_the_config_allows_them(served):
+    with pytest.raises(ValueError, match="allow_pipe_shards"):
+        DataModule(MultiMNISTConfig(limit=512, batch_size=32), served["root"], seed=0)
 
 
 def test_a_missing_url_fails_naming_it(served, tmp_path):
@@ -98,6 +103,6 @@ def test_a_missing_url_fails_naming_it(served, tmp_path):
     gone = manifest["splits"]["train"]["shards"][0]
     gone["file"] = f"{served['base']}/no-such-shard.tar"
     (copy / MANIFEST).write_text(json.dumps(manifest))
-    dm = DataModule(MultiMNISTConfig(limit=512, batch_size=32), root, seed=0)
+    dm = DataModule(MultiMNISTConfig(limit=512, batch_size=32, allow_pipe_shards=True), root, seed=0)
     with pytest.raises(ShardError, match="no-such-shard.tar"):
         _ids(dm.epoch_batches(), 16)

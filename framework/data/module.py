@@ -62,6 +62,7 @@ LOADER_KEYS = ({f.name for f in dataclasses.fields(DataConfig)} - {"name", "limi
     "episode_group",
     "holdout_domain",
     "aux",
+    "allow_pipe_shards",
 }
 _CHOICES = {
     "verify": ("sha256", "size", "none"),
@@ -115,7 +116,7 @@ class DataModule:
             if getattr(cfg, key, allowed[0]) not in allowed:
                 raise ValueError(f"data.{key}: '{getattr(cfg, key)}' is not one of {', '.join(allowed)}")
         self.root = prepare(cfg, prepared_dir(cfg, data_root))
-        self.manifest = read_manifest(self.root)
+        self.manifest = read_manifest(self.root, allow_pipe=bool(self._opt("allow_pipe_shards", False)))
         self.tasks = tuple(self.manifest["tasks"])
         self.attrs = tuple(self.manifest.get("extra", {}).get("attributes", {}))
         self.skipped = SkipStats()

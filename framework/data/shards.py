@@ -158,12 +158,13 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
+def read_manifest(root: Path, allow_pipe: bool = False) -> dict[str, Any]:
+    """The dataset's manifest, its file entries checked (``allow_pipe``: ``data.allow_pipe_shards``)."""
     path = Path(root) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"no {MANIFEST} in {root}: run `medley prepare` for this dataset")
     manifest = json.loads(path.read_text())
-    check_file_entries(manifest, path)
+    check_file_entries(manifest, path, allow_pipe)
     return manifest
 
 
@@ -197,10 +198,14 @@ def _inside(file: Any) -> bool:
     return parts[0] != "" and ":" not in parts[0] and ".." not in parts
 
 
-def check_file_entries(manifest: dict[str, Any], path: Path | str) -> None:
+def check_file_entries(manifest: dict[str, Any], path: Path | str, allow_pipe: bool = False) -> None:
     """Refuse a manifest whose file entries leave the dataset directory (absolute, ``..``):
-    a copied or hand-edited manifest must not make a run read files of another dataset."""
+    a copied or hand-edited manifest must not make a run read files of another dataset. A ``pipe:``
+    entry is a shell command: it runs only where the config allows it, never from a manifest alone."""
     for key, file in _file_entries(manifest):
+        if ".shards[" in key and isinstance(file, str) and file.startswith("pipe:") and not allow_pipe:
+            raise ValueError(f"{path}: {key} = {file!r} is a shell command; set data.allow_pipe_shards=true "
+                             f"to run commands named by this manifest")
         if ".shards[" in key and is_remote(file):
             continue  # a URL: read through webdataset's openers, never resolved against the directory
         if not _inside(file):

@@ -7,12 +7,13 @@ constructed before anything else (it may start the process group) and owns the d
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from framework.checkpoint import save_atomic
 
 
 class Strategy:
@@ -129,29 +130,11 @@ class Strategy:
         save_atomic(state, path)
 
     def load(self, path: Path) -> dict:
-        """The checkpoint file itself: plain tensors and containers, so ``weights_only=True``."""
-        return torch.load(path, map_location="cpu", weights_only=True)
+        """The checkpoint file itself: plain tensors and containers, so ``weights_only=True``;
+        a file that is not Medley's is refused with CheckpointError."""
+        from framework.checkpoint import load_file
+
+        return load_file(path)
 
     def teardown(self) -> None:
         pass
-
-
-def save_atomic(state: dict, path: Path) -> None:
-    """Temporary name, fsync, rename: a crash mid-save leaves the previous file untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from framework.strategies.base import save_atomic
+from framework.checkpoint import fsync_dir, inside, save_atomic, write_error
 from framework.strategies.launch import deepspeed_config
 from framework.strategies.process_group import ProcessGroupStrategy, ensure_rendezvous_env
 
@@ -149,7 +149,10 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
             shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)  # left by a crash mid-save
             ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.barrier()
-        self.engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state={}, save_latest=False)
+        try:
+            self.engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state={}, save_latest=False)
+        except (OSError, RuntimeError) as exc:  # a full disk: name it; the hidden directory goes next save
+            raise write_error(ckpt_dir / tmp_tag, exc) from exc
         weights = self.full_state_dict(model)
         self.barrier()  # every rank's shards are written
         if not self.is_global_zero:
@@ -157,7 +160,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         _fsync_tree(ckpt_dir / tmp_tag)
         shutil.rmtree(final, ignore_errors=True)  # a directory renamed but never pointed to
         os.replace(ckpt_dir / tmp_tag, final)
-        _fsync_dir(ckpt_dir)
+        fsync_dir(ckpt_dir)
         pointer = {**state, "format": "deepspeed", "model": weights,
                    "deepspeed": {"dir": final.name, "zero_stage": self.stage, "world_size": self.world_size}}
         save_atomic(pointer, path)
@@ -172,6 +175,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
             raise ValueError(f"checkpoint {path} was written at ZeRO stage {info['zero_stage']}, this run uses "
                              f"strategy.zero_stage={self.stage}; pass resume_weights_only=true to load only "
                              f"the weights")
+        inside(Path(path).parent, str(info["dir"]), f"checkpoint {path}: deepspeed.dir")
         loaded, _ = self.engine.load_checkpoint(str(Path(path).parent), tag=info["dir"], load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)
         if loaded is None:
@@ -186,12 +190,4 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(Path(dirpath))
