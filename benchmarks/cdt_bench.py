@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from algorithms.cdt import CDTConfig
@@ -69,6 +70,20 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def paired(diffs: list[float]) -> dict[str, float]:
+    """Paired statistics of per-(fold, seed) differences: mean, std, the paired t statistic with
+    its two-sided p value (Student's t, n − 1 degrees of freedom) and how many are positive."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    n = len(d)
+    sd = float(d.std(ddof=1)) if n > 1 else math.nan
+    t = float(d.mean() / (sd / math.sqrt(n))) if n > 1 and sd > 0 else math.nan
+    p = float(2 * stats.t.sf(abs(t), n - 1)) if not math.isnan(t) else math.nan
+    return {"mean": float(d.mean()) if n else math.nan, "std": sd, "t": t, "p": p, "wins": int((d > 0).sum()),
+            "n": n}
 
 
 def fmt(values: list[float], digits: int = 3) -> str:

@@ -19,7 +19,8 @@ def test_benchmark_arms_compose_from_one_experiment_file(arm, mode, use_cdt, tri
     cfg = compose(["experiment=cdt_faces", f"algorithm={arm}", "data.holdout_domain=yale"])
     a = cfg.algorithm
     assert (a.name, a.mode, a.use_cdt, a.triplet_weight) == ("cdt", mode, use_cdt, triplet)
-    assert a.eval_domain == "yale" and a.normalize == "l2_trace" and a.pairs_per_step == 1
+    assert a.eval_domain == "yale" and a.normalize == "l2_trace"
+    assert a.pairs_per_step == 0 and a.second_order  # every domain pair, second order: the same images per step
     assert cfg.data.episodic and cfg.data.holdout_domain == "yale"
 
 

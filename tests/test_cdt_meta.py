@@ -111,3 +111,23 @@ def test_domain_pairs_are_seeded_by_seed_and_step():
     draws = {tuple(sample_pairs(3, 1, seed=1, step=t)) for t in range(40)}
     assert len(draws) == 6  # every pair is drawn over 40 steps
     assert all(i != j for (i, j), in draws)
+
+
+def test_without_look_ahead_or_cdt_term_the_meta_step_is_the_pooled_cosface_triplet_step():
+    """With α = 0 and no CDT term every domain weighs 1/k in Σ_pairs λ L_s + (1 − λ) L_t, so the
+    meta loop is pooled CosFace + triplet: that control needs the CDT term to differ."""
+    from algorithms.cdt.meta import meta_step, pooled_step
+
+    domains = tiny_domains()
+    grads = []
+    for step in (lambda n, s: meta_step(n, domains, all_pairs(len(domains)), s, lambda l: l.backward()),
+                 lambda n, s: pooled_step(n, domains, s, lambda l: l.backward())):
+        net = tiny_net()
+        net.zero_grad(set_to_none=True)
+        step(net, MetaSettings(alpha=0.0, lam=0.7, use_cdt=False, normalize="l2_trace"))
+        grads.append(_flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in net.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+    net = tiny_net()
+    meta_step(net, domains, all_pairs(len(domains)), MetaSettings(alpha=0.0, use_cdt=True, normalize="l2_trace"),
+              lambda l: l.backward())
+    assert not torch.allclose(_flat([p.grad for p in net.parameters()]), grads[1], atol=1e-4)

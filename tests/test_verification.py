@@ -10,7 +10,9 @@ from sklearn.metrics import roc_auc_score
 from framework.metrics.verification import (
     Verification,
     best_threshold,
+    contiguous_folds,
     kfold_accuracy,
+    lfw_style_pairs,
     rank1_accuracy,
     roc_auc,
     tar_at_far,
@@ -52,6 +54,62 @@ def test_kfold_accuracy_is_balanced_over_genuine_and_impostor_pairs():
     same = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
     t = best_threshold(scores, same)
     assert 0.3 < t < 0.4
+
+
+def test_equally_accurate_thresholds_tie_exactly_and_the_strictest_wins():
+    # 3 genuine (0.9, 0.4, 0.3), 6 impostors. Accepting > 0.85 gives TP 1, TN 6: TPR + TNR =
+    # 1/3 + 1 = 4/3; accepting > 0.25 gives TP 3, TN 2: 1 + 1/3 = 4/3 too. As rounded ratios
+    # the looser one reads larger (0.6666666666666667 against 0.6666666666666666).
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    same = np.array([1, 0, 0, 0, 0, 1, 1, 0, 0])
+    assert (3 / 3 + (1 - 4 / 6)) / 2 > (1 / 3 + (1 - 0 / 6)) / 2  # the rounding the rule must not follow
+    t = best_threshold(scores, same)
+    assert 0.8 < t < 0.9  # the strictest of the two tied cut points
+
+
+def test_best_threshold_matches_an_exact_brute_force_with_the_stated_tie_rule():
+    from fractions import Fraction
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        scores = rng.integers(0, 6, 30) / 5.0
+        same = rng.integers(0, 2, 30)
+        same[:2] = [0, 1]
+        n_pos, n_neg = int(same.sum()), int(len(same) - same.sum())
+        cuts = sorted(set(scores.tolist()), reverse=True)
+        # cut point c accepts every score >= c; "none" accepts nothing
+        def bal(c):
+            acc = scores >= c if c is not None else np.zeros(len(scores), bool)
+            return Fraction(int((acc & (same == 1)).sum()), n_pos) + Fraction(int((~acc & (same == 0)).sum()), n_neg)
+        values = [bal(None)] + [bal(c) for c in cuts]
+        best = values.index(max(values))  # first maximum in order of strictness
+        t = best_threshold(scores, same)
+        accepted = scores > t
+        expected = scores >= cuts[best - 1] if best else np.zeros(len(scores), bool)
+        assert np.array_equal(accepted, expected)
+
+
+def test_lfw_protocol_uses_contiguous_folds_and_plain_accuracy():
+    assert contiguous_folds(20, 10).tolist() == [f for f in range(10) for _ in range(2)]
+    assert contiguous_folds(7, 2).tolist() == [0, 0, 0, 0, 1, 1, 1]
+    emb, labels, ids = _toy(n_id=8, per=6)
+    pairs = lfw_style_pairs(ids, labels, folds=10, per_fold=8, seed=1)
+    assert pairs.shape == (80, 3)
+    blocks = pairs[:, 2].reshape(10, 8)
+    assert (blocks[:, :4] == 1).all() and (blocks[:, 4:] == 0).all()  # genuine then impostor, per fold
+    pos = {int(i): r for r, i in enumerate(ids.tolist())}
+    for a, b, s in pairs.tolist():
+        assert (labels[pos[a]] == labels[pos[b]]).item() == bool(s)
+    assert len({(a, b) for a, b, _ in pairs.tolist()}) == 80  # drawn without replacement
+    m = Verification(pairs=pairs, protocol="lfw")
+    m.update(emb, labels, ids)
+    out = m.compute()
+    e = torch.nn.functional.normalize(emb.double(), dim=1)
+    scores = np.array([float(e[pos[a]] @ e[pos[b]]) for a, b, _ in pairs.tolist()])
+    acc, std = kfold_accuracy(scores, pairs[:, 2].numpy(), contiguous_folds(80, 10), 10, balanced=False)
+    assert out["acc"] == pytest.approx(acc) and out["acc_std"] == pytest.approx(std)
+    with pytest.raises(ValueError, match="pass pairs="):
+        Verification(protocol="lfw")
 
 
 def test_rank1_counts_a_hit_when_the_nearest_other_sample_has_the_same_identity():

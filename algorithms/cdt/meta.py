@@ -91,8 +91,11 @@ def pair_objective(model: torch.nn.Module, batch_i: dict, batch_j: dict, setting
 
     out_j = model(batch_j["image"], y_j)
     loss_s, logs_s = domain_losses(out_j, y_j, trip_j, settings)
-    fast = inner_step(loss_s, trainable(model), settings.alpha, second_order=settings.second_order,
-                      reduce=reduce, world_size=world)
+    if settings.alpha == 0:  # Θ' = Θ exactly: no inner gradient to take (the no-look-ahead control)
+        fast = {}
+    else:
+        fast = inner_step(loss_s, trainable(model), settings.alpha, second_order=settings.second_order,
+                          reduce=reduce, world_size=world)
     # BatchNorm running statistics are updated by the real (meta-train) pass only
     out_i = forward_at(model, fast, batch_i["image"], y_i)
     loss_t, logs_t = domain_losses(out_i, y_i, trip_i, settings)

@@ -16,8 +16,11 @@ Metrics (cosine similarity of L2-normalised embeddings):
 - ``rank1``: leave-one-out identification: each sample whose identity has another sample is a
   probe against all other samples; a hit when its nearest neighbour has its identity;
 - ``acc`` / ``acc_std``: k-fold verification accuracy: each fold's threshold maximises accuracy
-  on the other folds. Accuracy is *balanced* (mean of TPR and TNR), which equals plain accuracy
-  on LFW's balanced pairs and stays meaningful when all pairs are used (mostly negatives).
+  on the other folds (exact integer counts; ties go to the strictest threshold). By default
+  folds are drawn at random over pairs and accuracy is *balanced* (mean of TPR and TNR), which
+  stays meaningful when all pairs are used (mostly negatives). ``protocol="lfw"`` is LFW's
+  standard protocol instead: 10 contiguous folds of a given balanced pair list, plain accuracy,
+  so figures compare with published ones.
 ``curve`` keeps the ROC after ``compute`` (``save_roc`` writes it for plotting).
 """
 
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from framework.metrics.base import Metric
 
 FARS = (1e-3, 1e-2, 1e-1)
+PROTOCOLS = ("random", "lfw")
 
 
 # ------------------------------------------------------------------------ pure functions
@@ -72,36 +76,95 @@ def roc_curve(pos: np.ndarray, neg: np.ndarray) -> dict[str, list[float]]:
             "far": (fp / max(len(neg), 1)).tolist()}
 
 
-def best_threshold(scores: np.ndarray, is_pos: np.ndarray) -> float:
-    """The threshold (accept when score > t) with the highest balanced accuracy on these pairs."""
+def best_threshold(scores: np.ndarray, is_pos: np.ndarray, balanced: bool = True) -> float:
+    """The threshold (accept when score > t) with the highest accuracy on these pairs.
+
+    Accuracy is balanced (mean of TPR and TNR) unless ``balanced`` is off (plain accuracy, LFW's
+    rule on its balanced folds). Candidates are compared as exact integers (TP·N_neg + TN·N_pos,
+    or TP + TN), never as rounded ratios. Tie rule: among equally accurate cut points the
+    strictest wins (the one accepting the fewest pairs); the returned threshold lies halfway
+    between the lowest accepted score and the next lower score.
+    """
     order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], is_pos[order].astype(np.float64)
-    n_pos, n_neg = max(y.sum(), 1.0), max(len(y) - y.sum(), 1.0)
+    return _best_cut(scores[order], is_pos[order], balanced)
+
+
+def _best_cut(s: np.ndarray, is_pos: np.ndarray, balanced: bool) -> float:
+    """``best_threshold`` on scores already sorted in descending order."""
+    y = is_pos.astype(np.int64)
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     last = np.r_[np.diff(s) != 0, True]
-    tpr = np.cumsum(y)[last] / n_pos  # accepting every score ≥ s[last]
-    tnr = 1.0 - np.cumsum(1 - y)[last] / n_neg
+    tp = np.r_[0, np.cumsum(y)[last]]  # index 0: accept nothing; index c: accept every score ≥ cand[c-1]
+    tn = n_neg - np.r_[0, np.cumsum(1 - y)[last]]
     cand = s[last]
-    bal = np.r_[0.5, (tpr + tnr) / 2.0]  # index 0: accept nothing
-    best = int(np.argmax(bal))
+    if balanced:
+        score = tp * max(n_neg, 1) + tn * max(n_pos, 1)  # ∝ TPR + TNR, exact
+    else:
+        score = tp + tn
+    best = int(np.argmax(score))  # the first maximum: the strictest cut point
     if best == 0:
         return float(cand[0])
     nxt = cand[best] if best < len(cand) else cand[-1] - 1.0
     return float((cand[best - 1] + nxt) / 2.0)
 
 
-def kfold_accuracy(scores: np.ndarray, is_pos: np.ndarray, folds: np.ndarray, k: int) -> tuple[float, float]:
-    """Mean and std over folds of balanced accuracy with the threshold fitted on the other folds."""
+def kfold_accuracy(scores: np.ndarray, is_pos: np.ndarray, folds: np.ndarray, k: int,
+                   balanced: bool = True) -> tuple[float, float]:
+    """Mean and std over folds of accuracy with the threshold fitted on the other folds
+    (balanced accuracy by default; plain accuracy with ``balanced=False``). Scores are sorted
+    once; each fold's complement keeps that order, which is its own stable sort."""
+    order = np.argsort(-scores, kind="stable")
+    s_sorted, y_sorted, f_sorted = scores[order], is_pos[order], folds[order]
     accs = []
     for f in range(k):
         test = folds == f
         if not test.any() or not is_pos[test].any() or is_pos[test].all():
             continue
-        t = best_threshold(scores[~test], is_pos[~test])
+        train = f_sorted != f
+        t = _best_cut(s_sorted[train], y_sorted[train], balanced)
         pred, y = scores[test] > t, is_pos[test].astype(bool)
-        accs.append(0.5 * (np.mean(pred[y]) + np.mean(~pred[~y])))
+        accs.append(0.5 * (np.mean(pred[y]) + np.mean(~pred[~y])) if balanced else np.mean(pred == y))
     if not accs:
         return float("nan"), float("nan")
     return float(np.mean(accs)), float(np.std(accs))
+
+
+def contiguous_folds(n: int, k: int = 10) -> np.ndarray:
+    """LFW's fold assignment: the pair list in order, cut into ``k`` contiguous blocks."""
+    return np.arange(n) * k // max(n, 1)
+
+
+def lfw_style_pairs(ids: torch.Tensor, persons: torch.Tensor, folds: int = 10, per_fold: int = 600,
+                    seed: int = 0, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """A pair list laid out like LFW's View 2 ``pairs.txt``: ``folds`` contiguous blocks, each of
+    ``per_fold/2`` genuine then ``per_fold/2`` impostor pairs, drawn without replacement from all
+    pairs of the given samples (fewer per fold when a small set has too few genuine pairs).
+    Unlike LFW's list, folds are not identity-disjoint. Returns ``[P, 3]`` ``(id_a, id_b, same)``.
+    """
+    ids, persons = ids.cpu(), persons.cpu()
+    a, b = torch.triu_indices(len(ids), len(ids), offset=1)
+    same = persons[a] == persons[b]
+    if exclude is not None and len(exclude):
+        pos = {int(i): r for r, i in enumerate(ids.tolist())}
+        blocked = torch.zeros(len(ids), len(ids), dtype=torch.bool)
+        for x, y in exclude.tolist():
+            if x in pos and y in pos:
+                blocked[pos[x], pos[y]] = blocked[pos[y], pos[x]] = True
+        keep = ~blocked[a, b]
+        a, b, same = a[keep], b[keep], same[keep]
+    rng = np.random.default_rng(seed)
+    gen, imp = np.flatnonzero(same.numpy()), np.flatnonzero(~same.numpy())
+    half = min(per_fold // 2, len(gen) // folds, len(imp) // folds)
+    if half == 0:
+        raise ValueError(f"lfw_style_pairs: {len(gen)} genuine / {len(imp)} impostor pairs cannot fill "
+                         f"{folds} folds with at least one of each")
+    gen, imp = rng.permutation(gen)[: half * folds], rng.permutation(imp)[: half * folds]
+    rows = []
+    for f in range(folds):
+        for pick, flag in ((gen, 1), (imp, 0)):
+            for r in pick[f * half:(f + 1) * half]:
+                rows.append((int(ids[a[r]]), int(ids[b[r]]), flag))
+    return torch.tensor(rows, dtype=torch.long)
 
 
 def rank1_accuracy(sim: torch.Tensor, labels: torch.Tensor, blocked: torch.Tensor | None = None) -> float:
@@ -121,11 +184,21 @@ def rank1_accuracy(sim: torch.Tensor, labels: torch.Tensor, blocked: torch.Tenso
 # ------------------------------------------------------------------------------ metric
 class Verification(Metric):
     def __init__(self, pairs: torch.Tensor | None = None, exclude: torch.Tensor | None = None,
-                 fars: tuple[float, ...] = FARS, folds: int = 10, seed: int = 0):
+                 fars: tuple[float, ...] = FARS, folds: int = 10, seed: int = 0, protocol: str = "random"):
         """Args:
             pairs: optional [P, 3] long tensor ``(id_a, id_b, same)``; default: all pairs.
             exclude: optional [M, 2] sample-id pairs never scored (nor used as gallery mates).
+            protocol: how ``acc`` is computed. ``random``: folds drawn at random over pairs,
+                balanced accuracy. ``lfw``: LFW's standard protocol on the given ``pairs`` (e.g.
+                ``lfw_style_pairs``): ``folds`` contiguous blocks of the list in its order, each
+                block's threshold fitted on the others, plain accuracy.
         """
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"Verification: protocol '{protocol}' is not one of {', '.join(PROTOCOLS)}")
+        if protocol == "lfw" and pairs is None:
+            raise ValueError("Verification: protocol 'lfw' scores a given pair list; pass pairs= "
+                             "(e.g. lfw_style_pairs(ids, persons))")
+        self.protocol = protocol
         super().__init__()
         self.pairs, self.exclude = pairs, exclude
         self.fars, self.folds, self.seed = tuple(fars), folds, seed
@@ -182,8 +255,12 @@ class Verification(Metric):
         out = {f"tar@far={far:g}": tar_at_far(pos, neg, far) for far in self.fars}
         out["auc"] = roc_auc(pos, neg)
         out["rank1"] = rank1_accuracy(sim, labels, blocked)
-        folds = np.random.default_rng(self.seed).integers(0, self.folds, size=len(scores))
-        out["acc"], out["acc_std"] = kfold_accuracy(scores, same, folds, self.folds)
+        if self.protocol == "lfw":
+            folds = contiguous_folds(len(scores), self.folds)
+        else:
+            folds = np.random.default_rng(self.seed).integers(0, self.folds, size=len(scores))
+        out["acc"], out["acc_std"] = kfold_accuracy(scores, same, folds, self.folds,
+                                                    balanced=self.protocol != "lfw")
         out["pairs_pos"], out["pairs_neg"] = float(len(pos)), float(len(neg))
         self.curve = roc_curve(pos, neg)
         return out
