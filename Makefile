@@ -33,8 +33,9 @@ demo: $(STAMP)
 data-debs:
 	scripts/fetch_debs.sh
 
-## A short GradSplit vs baselines comparison on multi_source (a smoke run; the full benchmark is
-## benchmarks/gradsplit_mtl.py without --quick).
+## GradSplit where it helps (the planted-conflict toy, 5 seeds) and equal-weight vs look-ahead
+## GradSplit on multi_source at the full budget (2 seeds); the full benchmark is
+## benchmarks/gradsplit_mtl.py without --quick.
 demo-gradsplit: $(STAMP) data-debs
 	OMP_NUM_THREADS=1 $(PY) benchmarks/gradsplit_mtl.py --quick
 

@@ -84,6 +84,19 @@ def test_pairwise_rule_is_asymmetric_and_uses_eps():
     assert pairwise_relation(table, ["a", "b", "c"], eps=0.011).tolist() == [[1, 1, 0], [0, 1, 1], [1, 1, 1]]
 
 
+def test_pairwise_rule_over_seeds_cuts_only_drops_larger_than_their_noise():
+    """Per-seed differences: a drop of 0.02 +- 0.03 is noise at z = 1, a steady drop of 0.02 is not."""
+    table = {
+        "single": {"a": [0.90, 0.80, 0.85], "b": [0.70, 0.70, 0.70]},
+        "pair": {"a|b": {"a": [0.92, 0.74, 0.83], "b": [0.68, 0.681, 0.679]}},
+    }
+    assert pairwise_relation(table, ["a", "b"], eps=0.0, z=1.0).tolist() == [[1, 1], [0, 1]]
+    assert pairwise_relation(table, ["a", "b"], eps=0.0, z=0.0).tolist() == [[1, 0], [0, 1]]
+    table["pair"]["a|b"]["a"] = [0.92, 0.74]
+    with pytest.raises(ValueError, match="2 seeds of a two-task run against 3"):
+        pairwise_relation(table, ["a", "b"])
+
+
 def test_pairwise_relation_is_read_from_the_table_file(tmp_path):
     path = tmp_path / "relations.json"
     path.write_text(json.dumps({"single": {"a": 0.5, "b": 0.5}, "pair": {"a|b": {"a": 0.6, "b": 0.4}}}))

@@ -83,6 +83,27 @@ def test_lookahead_warm_up_fixes_a_relation_after_its_steps(compose):
     assert r is not None and r.diagonal().tolist() == [1.0, 1.0] and set(r.flatten().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("task_bn", ["chunk", "cut"])
+def test_lookahead_measurement_leaves_the_training_trajectory_unchanged(compose, task_bn):
+    """The look-ahead evaluates moved weights through ``functional_call``; none of them may stay
+    in the model: while R is still all-ones the run equals plain all-ones routing, bit for bit."""
+    runs = {}
+    for name, relation in (
+        ("ones", ["algorithm.relation=all_ones"]),
+        (
+            "lookahead",
+            ["algorithm.relation=lookahead", "algorithm.lookahead_steps=10", "algorithm.lookahead_every=1"],
+        ),
+    ):
+        rec = ParamRecorder()
+        algo = ["algorithm=gradsplit", f"algorithm.task_bn={task_bn}", "algorithm.lookahead_lr=0.5"]
+        algo += relation
+        train(compose(*MULTI_SOURCE, *algo, "trainer.max_steps=3"), hooks=[rec])
+        runs[name] = rec.params
+    assert len(runs["ones"]) == 3
+    assert all(torch.equal(a, b) for a, b in zip(runs["ones"], runs["lookahead"]))
+
+
 def test_pairwise_table_file_sets_the_relation(compose, tmp_path):
     path = tmp_path / "relations.json"
     path.write_text(

@@ -19,6 +19,8 @@ class GradSplitConfig(AlgorithmConfig):
     relation_file: str | None = None  # JSON table written by `medley gradsplit-relations`
     # pairwise rule: R[i][j] = 1 iff metric_i(with j) >= metric_i(alone) - eps; None = the table's eps
     pairwise_eps: float | None = ranged(None, ge=0)
+    # ... and R[i][j] = 0 only if the drop also exceeds z standard errors over the table's seeds
+    pairwise_z: float | None = ranged(None, ge=0)  # None = the table's z
     # lookahead: warm-up steps of plain sharing while the affinity is measured
     lookahead_steps: int = ranged(100, ge=1)
     lookahead_every: int = ranged(5, ge=1)  # lookahead: measure on every k-th warm-up step

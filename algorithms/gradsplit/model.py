@@ -126,8 +126,10 @@ class GradSplitNet(nn.Module):
             )
             module.register_forward_hook(self._mask_hook(name))
         self.aligned_norms = self._align_group_norms(backbone)
-        self.first = backbone.get_submodule(self.split_modules[0])
-        self.first.register_forward_pre_hook(self._replicate_hook)
+        # not kept as an attribute: a second path to the same submodule would make
+        # torch.func.functional_call (the look-ahead) treat its weights as tied and leave the
+        # looked-ahead values in the model
+        backbone.get_submodule(self.split_modules[0]).register_forward_pre_hook(self._replicate_hook)
         self._replicas = 0
         if task_bn not in ("chunk", "cut", "none"):
             raise ValueError(f"algorithm.task_bn: '{task_bn}' is not one of chunk, cut, none")

@@ -3,8 +3,10 @@
 For T tasks: T single-task runs and T(T-1)/2 two-task hard-sharing runs, each task with the
 same per-task batch. On multi-source data a run reads only its tasks' sources (equal mixing
 weights), so a two-task step holds the same number of samples per task as a single-task step.
-The table stores every run's metric; ``relation.pairwise_relation`` turns it into R with the
-configured ``pairwise_eps``.
+The table stores every run's metric (per seed when run with several); ``relation.pairwise_relation``
+turns it into R with the configured ``pairwise_eps`` and ``pairwise_z``: with several seeds a
+pair counts as hurting only when the drop exceeds eps plus z standard errors of the per-seed
+differences, so one unlucky run does not cut a task off.
 
 Every run goes through the public engine API (``framework.compose.compose`` and
 ``framework.run.train``), exactly as ``medley train`` would run it. The command is registered
@@ -73,8 +75,11 @@ def build_table(
     split: str = "val",
     eps: float = 0.0,
     train_fn: Callable[[Any], dict] | None = None,
+    seeds: Sequence[int] = (0,),
+    z: float = 0.0,
 ) -> dict:
-    """Run the T + T(T-1)/2 short runs and return the table (metric: ``{split}/{task}/acc``)."""
+    """Run the T + T(T-1)/2 short runs once per seed and return the table (metric:
+    ``{split}/{task}/acc``; a list over ``seeds`` when there are several, paired by position)."""
     from framework.run import train
 
     train_fn = train_fn or train
@@ -88,18 +93,25 @@ def build_table(
         "metric": f"{split}/<task>/acc",
         "steps": steps,
         "per_task_batch": per_task,
+        "seeds": list(seeds),
         "single": {},
         "pair": {},
     }
     t0 = time.time()
-    for t in tasks:
-        summary = train_fn(run_config(base, [t], sources, per_task, f"gs_pairwise_{t}"))
-        table["single"][t] = metric(summary, t)
-    for i, j in itertools.combinations(tasks, 2):
-        summary = train_fn(run_config(base, [i, j], sources, per_task, f"gs_pairwise_{i}_{j}"))
-        table["pair"][pair_key(i, j)] = {i: metric(summary, i), j: metric(summary, j)}
-    table["eps"] = eps
-    table["relation"] = pairwise_relation(table, tasks, eps).int().tolist()
+    for seed in seeds:
+        seeded = base + [f"trainer.seed={seed}"]
+        for t in tasks:
+            summary = train_fn(run_config(seeded, [t], sources, per_task, f"gs_pairwise_{t}"))
+            table["single"].setdefault(t, []).append(metric(summary, t))
+        for i, j in itertools.combinations(tasks, 2):
+            summary = train_fn(run_config(seeded, [i, j], sources, per_task, f"gs_pairwise_{i}_{j}"))
+            for t in (i, j):
+                table["pair"].setdefault(pair_key(i, j), {}).setdefault(t, []).append(metric(summary, t))
+    if len(seeds) == 1:  # one seed: plain numbers, as older tables
+        table["single"] = {t: v[0] for t, v in table["single"].items()}
+        table["pair"] = {k: {t: v[0] for t, v in p.items()} for k, p in table["pair"].items()}
+    table["eps"], table["z"] = eps, z
+    table["relation"] = pairwise_relation(table, tasks, eps, z).int().tolist()
     table["wall_s"] = round(time.time() - t0, 1)
     return table
 
@@ -114,9 +126,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps of every short run")
     parser.add_argument("--split", default="val", help="split whose accuracy the rule compares")
     parser.add_argument("--eps", type=float, default=0.0, help="tolerance recorded with the table")
+    parser.add_argument("--seeds", type=int, default=1, help="runs of every table entry (seeds 0..n-1)")
+    parser.add_argument(
+        "--z", type=float, default=1.0, help="standard errors a drop must exceed (several seeds)"
+    )
     ns, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    table = build_table(overrides, ns.steps, ns.split, ns.eps)
+    table = build_table(overrides, ns.steps, ns.split, ns.eps, seeds=range(ns.seeds), z=ns.z)
     Path(ns.out).write_text(json.dumps(table, indent=1))
     print(f"relation (rows = groups, columns = tasks {table['tasks']}): {table['relation']}")
     print(

@@ -36,7 +36,8 @@ def initial_relation(cfg: Any, tasks: Sequence[str]) -> torch.Tensor:
                 )
             table = load_table(cfg.relation_file)
             eps = cfg.pairwise_eps if cfg.pairwise_eps is not None else table.get("eps", 0.0)
-            return pairwise_relation(table, tasks, eps)
+            z = cfg.pairwise_z if cfg.pairwise_z is not None else table.get("z", 0.0)
+            return pairwise_relation(table, tasks, eps, z)
         raise ValueError(f"algorithm.relation: '{rel}' is not one of {', '.join(SOURCES)} or a matrix")
     return check_relation(list(rel), tasks)
 
@@ -46,11 +47,14 @@ def pair_key(i: str, j: str) -> str:
     return "|".join(sorted((i, j)))
 
 
-def pairwise_relation(table: dict, tasks: Sequence[str], eps: float = 0.0) -> torch.Tensor:
-    """R[i][j] = 1 iff task i's metric trained together with j is >= its single-task metric - eps.
+def pairwise_relation(table: dict, tasks: Sequence[str], eps: float = 0.0, z: float = 0.0) -> torch.Tensor:
+    """R[i][j] = 0 iff task i trained together with j is worse than alone by more than
+    ``eps + z * SE``, where the difference is taken per seed and SE is its standard error.
 
     ``table``: ``{"single": {task: metric}, "pair": {"a|b": {a: metric, b: metric}}}`` (higher
-    is better); one two-task run fills both R[i][j] and R[j][i]."""
+    is better); a metric is a number (one seed) or a list over seeds, paired by position (the
+    table's runs of one seed share it). With one seed SE = 0: the plain rule ``pair >= single -
+    eps``. One two-task run fills both R[i][j] and R[j][i]."""
     missing = [t for t in tasks if t not in table["single"]]
     if missing:
         raise ValueError(
@@ -64,8 +68,23 @@ def pairwise_relation(table: dict, tasks: Sequence[str], eps: float = 0.0) -> to
             pair = table["pair"].get(pair_key(i, j))
             if pair is None:
                 raise ValueError(f"algorithm.relation_file: no two-task run for '{pair_key(i, j)}'")
-            r[a, b] = float(pair[i] >= table["single"][i] - eps)
+            mean, se = paired_difference(pair[i], table["single"][i])
+            r[a, b] = float(mean >= -(eps + z * se))
     return r
+
+
+def paired_difference(with_other: Any, alone: Any) -> tuple[float, float]:
+    """Mean and standard error of the per-seed differences (numbers or equal-length lists)."""
+    x = with_other if isinstance(with_other, list) else [with_other]
+    y = alone if isinstance(alone, list) else [alone]
+    if len(x) != len(y):
+        raise ValueError(f"algorithm.relation_file: {len(x)} seeds of a two-task run against {len(y)} single")
+    d = [p - q for p, q in zip(x, y)]
+    mean = sum(d) / len(d)
+    if len(d) < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in d) / (len(d) - 1)
+    return mean, (var / len(d)) ** 0.5
 
 
 def load_table(path: str | Path) -> dict:
