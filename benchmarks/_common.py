@@ -104,3 +104,32 @@ def compose(*overrides: str):
     from framework.compose import compose as compose_config
 
     return compose_config(["logger.progress=off", *overrides])
+
+
+def spawn_ranks(worker: Callable, world: int, args: tuple, timeout: float = 1800) -> list[Any]:
+    """Run ``worker(rank, world, port, *args, queue)`` on ``world`` spawned processes; each puts
+    ``(rank, "ok"|"error", value)`` on the queue. Returns the values in rank order."""
+    import multiprocessing as mp
+    import socket
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [ctx.Process(target=worker, args=(r, world, port, *args, queue)) for r in range(world)]
+    for proc in procs:
+        proc.start()
+    out: dict[int, Any] = {}
+    try:
+        for _ in range(world):
+            rank, status, value = queue.get(timeout=timeout)
+            if status == "error":
+                raise RuntimeError(f"rank {rank} failed:\n{value}")
+            out[rank] = value
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    return [out[r] for r in range(world)]

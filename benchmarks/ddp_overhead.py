@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import socket
 import sys
 import traceback
 from pathlib import Path
@@ -21,15 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 
-from benchmarks._common import StepClock, compose, interleaved, median, ratio, save, table  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks._common import StepClock, compose, interleaved, median, ratio, save, spawn_ranks, table  # noqa: E402
 
 
 def raw_ddp_loop(cfg, info, batches, steps: int, clock: StepClock) -> None:
@@ -110,24 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--world", type=int, default=2)
     p.add_argument("overrides", nargs="*")
     ns = p.parse_args(argv)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=worker, args=(r, ns.world, port, ns, queue)) for r in range(ns.world)]
-    for proc in procs:
-        proc.start()
-    results = {}
-    try:
-        for _ in range(ns.world):
-            rank, status, value = queue.get(timeout=1800)
-            if status == "error":
-                raise RuntimeError(f"rank {rank} failed:\n{value}")
-            results[rank] = value
-    finally:
-        for proc in procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.kill()
+    results = dict(enumerate(spawn_ranks(worker, ns.world, (ns,))))
     times = results[0]
     headers = ["ranks", "medley ms/step", "raw DDP ms/step", "ratio", "rank 1 ratio"]
     rows = [[ns.world, median(times["medley"]) * 1e3, median(times["raw"]) * 1e3, ratio(times, "medley", "raw"),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import socket
 import sys
 import tempfile
 import traceback
@@ -26,9 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 
-from benchmarks._common import compose, save, table  # noqa: E402
+from benchmarks._common import compose, save, spawn_ranks, table  # noqa: E402
 from framework.hooks import Hook  # noqa: E402
 
 #: DeepSpeed's default communication buckets (5e8 elements) would dwarf a small model's states
@@ -128,27 +126,7 @@ def worker(rank: int, world: int, port: int, overrides: list[str], queue) -> Non
 
 
 def run(overrides: list[str], world: int) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [ctx.Process(target=worker, args=(r, world, port, overrides, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    out: dict[int, dict] = {}
-    try:
-        for _ in range(world):
-            rank, status, value = queue.get(timeout=900)
-            if status == "error":
-                raise RuntimeError(f"rank {rank} failed:\n{value}")
-            out[rank] = value
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-    return [out[r] for r in range(world)]
+    return spawn_ranks(worker, world, (overrides,), timeout=900)
 
 
 def main(argv: list[str] | None = None) -> dict:
