@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from framework.strategies.launch import launched_world_size
-from framework.strategies.process_group import ProcessGroupStrategy, ensure_rendezvous_env
+from framework.strategies.process_group import ProcessGroupStrategy, ensure_rendezvous_env, start_group_for_this_attempt
 
 
 class DDPStrategy(ProcessGroupStrategy):
@@ -29,6 +29,7 @@ class DDPStrategy(ProcessGroupStrategy):
         from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
         started_here = not dist.is_initialized()
+        start_group_for_this_attempt(self._backend(), self._timeout())
         find_unused = bool(getattr(capabilities, "find_unused_parameters", False))
         self.accelerator = Accelerator(
             # without cpu=True, Accelerate on a machine without GPUs starts no process group and

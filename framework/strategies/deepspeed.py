@@ -32,7 +32,7 @@ from torch import nn
 
 from framework.checkpoint import fsync_dir, inside, save_atomic, write_error
 from framework.strategies.launch import deepspeed_config
-from framework.strategies.process_group import ProcessGroupStrategy, ensure_rendezvous_env
+from framework.strategies.process_group import ProcessGroupStrategy, ensure_rendezvous_env, start_group_for_this_attempt
 
 
 class DeepSpeedStrategy(ProcessGroupStrategy):
@@ -51,6 +51,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
             # CPU (30 s to minutes); gloo's all-reduce gives the same numbers
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         started_here = not dist.is_initialized()
+        start_group_for_this_attempt(self._backend(), self._timeout())
         deepspeed.init_distributed(dist_backend=self._backend(), auto_mpi_discovery=False,
                                    timeout=self._timeout(), verbose=False)
         self.owns_process_group = started_here

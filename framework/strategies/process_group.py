@@ -204,3 +204,23 @@ def ensure_rendezvous_env() -> None:
         port = s.getsockname()[1]
     os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+
+
+def start_group_for_this_attempt(backend: str, timeout: datetime.timedelta) -> None:
+    """Under a restarting torchelastic launcher (``torchrun --max-restarts``, ``accelerate launch
+    --max_restarts``) start the group on the agent's store behind a per-attempt prefix.
+
+    torchrun's static rendezvous keeps one agent store across restarts, and ``env://`` adds no
+    attempt prefix, so a restarted rank can read the address its killed predecessor published and
+    fail with "Connection refused" (measured: the restart test failed that way under load).
+    Anywhere else, or with a group already started, this does nothing and Accelerate/DeepSpeed
+    start the group as usual.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if dist.is_initialized() or attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    dist.init_process_group(backend, store=dist.PrefixStore(f"medley/attempt_{attempt}", store), rank=rank,
+                            world_size=world, timeout=timeout)
