@@ -28,26 +28,9 @@ def raw_ddp_loop(cfg, info, batches, steps: int, clock: StepClock) -> None:
     """The hand-written loop of ``benchmarks/overhead.py`` with the model in ``DistributedDataParallel``."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from framework.losses import task_losses
-    from framework.models import build_multitask
-    from framework.optim import build_optimizer, build_scheduler
+    from benchmarks.overhead import hand_loop
 
-    torch.manual_seed(cfg.trainer.seed)
-    model = DistributedDataParallel(build_multitask(cfg.model, info))
-    opt = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optim)
-    sched = build_scheduler(opt, cfg.optim, steps)
-    model.train()
-    for step in range(steps):
-        clock.tick()
-        batch = next(batches)
-        loss = sum(task_losses(model(batch["image"]), batch["labels"]).values())
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if (step + 1) % cfg.trainer.log_every == 0:
-            loss.item()
-    clock.tick()
+    hand_loop(cfg, info, batches, steps, clock, wrap=DistributedDataParallel)
 
 
 def worker(rank: int, world: int, port: int, ns: argparse.Namespace, queue) -> None:

@@ -95,14 +95,16 @@ def medley_run(cfg, data: Any, run_dir: Path | None, clock: StepClock | None = N
     return trainer
 
 
-def hand_loop(cfg, info: Any, batches, steps: int, clock: StepClock | None = None) -> torch.nn.Module:
-    """What a user writes by hand: the same model, optimizer, schedule and loss, nothing else."""
+def hand_loop(cfg, info: Any, batches, steps: int, clock: StepClock | None = None,
+              wrap=lambda model: model) -> torch.nn.Module:
+    """What a user writes by hand: the same model, optimizer, schedule and loss, nothing else
+    (``wrap``: e.g. ``DistributedDataParallel`` for the raw-DDP arm)."""
     from framework.losses import task_losses
     from framework.models import build_multitask
     from framework.optim import build_optimizer, build_scheduler
 
     torch.manual_seed(cfg.trainer.seed)
-    model = build_multitask(cfg.model, info)
+    model = wrap(build_multitask(cfg.model, info))
     opt = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optim)
     sched = build_scheduler(opt, cfg.optim, steps)
     model.train()

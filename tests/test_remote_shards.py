@@ -8,6 +8,7 @@ import http.server
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,17 @@ def served(tmp_path_factory, data_root):
     server.shutdown()
 
 
+def _edited_copy(served, tmp_path, edit) -> tuple[dict, Path]:
+    """A copy of the served dataset whose manifest ``edit`` changed in place; (manifest, data root)."""
+    root = tmp_path / "data"
+    copy = root / served["copy"].name
+    shutil.copytree(served["copy"], copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    edit(manifest)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    return manifest, root
+
+
 def _ids(batches, n):
     return [[int(i) for i in next(batches)["id"]] for _ in range(n)]
 
@@ -75,13 +87,8 @@ def test_pipe_shards_are_evaluated_with_every_sample_once(served):
 
 
 def test_a_remote_shard_whose_bytes_differ_from_the_manifest_sha256_is_named(served, tmp_path):
-    root = tmp_path / "data"
-    copy = root / served["copy"].name
-    shutil.copytree(served["copy"], copy)
-    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest, root = _edited_copy(served, tmp_path, lambda m: m["splits"]["val"]["shards"][0].update(sha256="0" * 64))
     bad = manifest["splits"]["val"]["shards"][0]
-    bad["sha256"] = "0" * 64
-    (copy / MANIFEST).write_text(json.dumps(manifest))
     dm = DataModule(MultiMNISTConfig(limit=512, batch_size=32, eval_batch_size=100, allow_pipe_shards=True), root, seed=0)
     with pytest.raises(ShardError, match="sha256") as err:
         list(dm.eval_loader("val"))
@@ -96,13 +103,8 @@ def test_pipe_shards_run_only_where_the_config_allows_them(served):
 
 
 def test_a_missing_url_fails_naming_it(served, tmp_path):
-    root = tmp_path / "data"
-    copy = root / served["copy"].name
-    shutil.copytree(served["copy"], copy)
-    manifest = json.loads((copy / MANIFEST).read_text())
-    gone = manifest["splits"]["train"]["shards"][0]
-    gone["file"] = f"{served['base']}/no-such-shard.tar"
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    missing = f"{served['base']}/no-such-shard.tar"
+    _, root = _edited_copy(served, tmp_path, lambda m: m["splits"]["train"]["shards"][0].update(file=missing))
     dm = DataModule(MultiMNISTConfig(limit=512, batch_size=32, allow_pipe_shards=True), root, seed=0)
     with pytest.raises(ShardError, match="no-such-shard.tar"):
         _ids(dm.epoch_batches(), 16)
