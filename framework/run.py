@@ -141,15 +141,22 @@ LOCK_NAME = ".run.lock"
 
 
 def lock_run_dir(run_dir: Path) -> Any:
-    """Hold an exclusive ``flock`` on ``run_dir/.run.lock`` for the life of the run (rank 0): the
-    kernel drops it when the process ends, however it ends. Returns the open file (close it to
-    release); raises RunInUseError when another live process holds it."""
+    """Hold an exclusive lock on ``run_dir/.run.lock`` for the life of the run (rank 0): the kernel
+    drops it when the process ends, however it ends. Returns the open file (close it to release);
+    raises RunInUseError when another live process holds it.
+
+    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process alone, so forked
+    DataLoader workers that outlive an interrupted run do not keep the directory locked."""
+    import errno
     import fcntl
 
     handle = open(run_dir / LOCK_NAME, "a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            handle.close()
+            raise
         handle.seek(0)
         owner = handle.read().strip() or "?"
         handle.close()

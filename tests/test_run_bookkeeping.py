@@ -107,3 +107,46 @@ def test_callbacks_named_in_the_config_run_with_the_algorithms(compose, tmp_path
     summary = train(compose("algorithm=toy_phases", "trainer.callbacks=[tests.helpers.callbacks:CountPhases]"))
     counts = json.loads((Path(summary["run_dir"]) / "phase_counts.json").read_text())
     assert counts == {"left": 4, "both": 6, "heads": 3}
+
+
+def _hold_until_told(pipe):
+    pipe.recv()
+
+
+def test_the_run_lock_is_released_by_its_run_even_while_forked_workers_it_started_live(tmp_path):
+    import multiprocessing
+    import subprocess
+    import sys
+
+    from framework.run import RunInUseError, lock_run_dir
+
+    lock = lock_run_dir(tmp_path)
+    probe = [sys.executable, "-c",
+             "import sys; from pathlib import Path; from framework.run import lock_run_dir; "
+             "lock_run_dir(Path(sys.argv[1]))", str(tmp_path)]
+    held = subprocess.run(probe, capture_output=True, text=True)
+    assert held.returncode != 0 and "being written by another live process" in held.stderr
+    ctx = multiprocessing.get_context("fork")  # how DataLoader workers start on Linux
+    ours, theirs = ctx.Pipe()
+    worker = ctx.Process(target=_hold_until_told, args=(theirs,))
+    worker.start()
+    try:
+        lock.close()  # the run ended (an interrupt); its worker has not exited yet
+        again = lock_run_dir(tmp_path)  # a resume in the same process
+        assert subprocess.run(probe, capture_output=True).returncode != 0
+        again.close()
+        assert subprocess.run(probe, capture_output=True).returncode == 0
+    finally:
+        ours.send(None)
+        worker.join(10)
+    with pytest.raises(RunInUseError):  # noqa: PT012 - the refusal names the holder's pid
+        holder = subprocess.Popen([sys.executable, "-c",
+                                   "import sys, time; from pathlib import Path; from framework.run import lock_run_dir; "
+                                   "h = lock_run_dir(Path(sys.argv[1])); print('held', flush=True); time.sleep(30)",
+                                   str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            lock_run_dir(tmp_path)
+        finally:
+            holder.kill()
+            holder.wait()
