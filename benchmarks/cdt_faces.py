@@ -162,6 +162,8 @@ def run(task: dict) -> dict:
             time.sleep(2)
         overrides += [f"resume={start}", "resume_weights_only=true", f"optim.lr={task['ft_lr']}",
                       "optim.warmup_steps=0"]
+    if task.get("val_only"):  # the trainer's own evaluations read the validation domain too, never the test one
+        overrides.append(f"algorithm.eval_domain={f['val']}")
     if out_dir.exists():
         import shutil
 
