@@ -14,7 +14,8 @@ warm-up; each arm's time is the median step time after its first ``--warmup`` st
 
 and, without a model, the two data paths alone (``shards, loader only``: ms per batch).
 
-``ratio`` is the median over rounds of the per-round ratio. The tiny model (``--tiny``: widths
+``ratio`` is the median over rounds of the per-round ratio, ``overhead`` the median of the
+per-round differences; the spread of the per-round ratios shows how noisy the machine was. The tiny model (``--tiny``: widths
 [4], batch 8) shows the absolute per-step overhead, where the model costs almost nothing.
 """
 
@@ -207,17 +208,17 @@ def main(argv: list[str] | None = None) -> dict:
             "webdataset/loader": loader(lambda: webdataset_batches(dm.root, dm.manifest, cfg.data.batch_size,
                                                                    cfg.data.num_workers, cfg.trainer.seed))},
             ns.rounds))
-    rows = [["memory", median(times["medley/memory"]) * 1e3, median(times["hand/memory"]) * 1e3,
-             ratio(times, "medley/memory", "hand/memory"),
-             (median(times["medley/memory"]) - median(times["hand/memory"])) * 1e3]]
+    def row(label: str, a: str, b: str) -> list:
+        per_round = [x / y for x, y in zip(times[a], times[b])]
+        return [label, median(times[a]) * 1e3, median(times[b]) * 1e3, ratio(times, a, b),
+                median([x - y for x, y in zip(times[a], times[b])]) * 1e3,
+                f"{min(per_round):.3f}–{max(per_round):.3f}"]
+
+    rows = [row("memory", "medley/memory", "hand/memory")]
     if not ns.no_shards:
-        rows.append(["shards", median(times["medley/shards"]) * 1e3, median(times["hand/shards"]) * 1e3,
-                     ratio(times, "medley/shards", "hand/shards"),
-                     (median(times["medley/shards"]) - median(times["hand/shards"])) * 1e3])
-        rows.append(["shards, loader only", median(times["medley/loader"]) * 1e3,
-                     median(times["webdataset/loader"]) * 1e3, ratio(times, "medley/loader", "webdataset/loader"),
-                     (median(times["medley/loader"]) - median(times["webdataset/loader"])) * 1e3])
-    headers = ["data", "medley ms/step", "hand ms/step", "ratio", "overhead ms/step"]
+        rows += [row("shards", "medley/shards", "hand/shards"),
+                 row("shards, loader only", "medley/loader", "webdataset/loader")]
+    headers = ["data", "medley ms/step", "hand ms/step", "ratio", "overhead ms/step", "per-round ratios"]
     model = "tiny (widths [4], batch 8)" if ns.tiny else f"demo (widths {list(cfg.model.widths)}, batch {cfg.data.batch_size})"
     result = {"model": model, "steps": ns.steps, "warmup": ns.warmup, "rounds": ns.rounds,
               "headers": headers, "rows": rows, "times": times}

@@ -45,38 +45,65 @@ def paper_bytes(kind: str, n: int) -> float:
     return {"ddp": 16.0, "zero1": 8 + 8 / n, "zero2": 4 + 12 / n, "zero3": 16 / n}[kind]
 
 
-def reachable_tensor_bytes(roots: list) -> int:
+def reachable_tensor_bytes(roots: list, named: dict[int, str] | None = None) -> dict[str, int]:
     """Bytes of every distinct tensor storage reachable from ``roots`` through attributes, lists,
     tuples and dicts (parameters' ``.grad`` and ZeRO-3's ``ds_tensor`` included): what the model,
     its wrapper and the optimizer hold, without the garbage collector's blind spot for tensors
-    that live only in C++ (gradients, DDP's buckets)."""
+    that live only in C++ (gradients, DDP's buckets). Grouped by where each storage was found:
+    ``named`` (storage pointer -> label) first, else the nearest attribute name on the way to it
+    (e.g. DeepSpeed's ``single_partition_of_fp32_groups``), so the gap to the model has names."""
+    named = named or {}
     seen_obj: set[int] = set()
-    storages: dict[int, int] = {}
-    stack = [(r, 0) for r in roots]
+    storages: dict[int, tuple[int, str]] = {}
+    stack = [(r, 0, type(r).__name__) for r in roots]
     while stack:
-        obj, depth = stack.pop()
+        obj, depth, label = stack.pop()
         if id(obj) in seen_obj or depth > 8:
             continue
         seen_obj.add(id(obj))
         if isinstance(obj, torch.Tensor):
-            for t in (obj, getattr(obj, "grad", None), getattr(obj, "ds_tensor", None)):
+            for t, lab in ((obj, label), (getattr(obj, "grad", None), "gradients"),
+                           (getattr(obj, "ds_tensor", None), "ds_tensor (ZeRO-3 parameter partitions)")):
                 if isinstance(t, torch.Tensor) and t.device.type != "meta":
                     st = t.untyped_storage()
                     if st.data_ptr():
-                        storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
+                        size = max(storages.get(st.data_ptr(), (0, ""))[0], st.nbytes())
+                        storages[st.data_ptr()] = (size, named.get(st.data_ptr(), lab))
             continue
         if isinstance(obj, dict):
-            children = list(obj.values()) + [k for k in obj if isinstance(k, torch.Tensor)]
+            children = [(v, label) for v in obj.values()] + [(k, label) for k in obj if isinstance(k, torch.Tensor)]
         elif isinstance(obj, (list, tuple, set)):
-            children = list(obj)
+            children = [(c, label) for c in obj]
         elif isinstance(obj, torch.nn.Module):
-            children = [*obj.parameters(), *obj.buffers(), *vars(obj).values()]
+            children = [(c, "parameters and buffers") for c in (*obj.parameters(), *obj.buffers())]
+            children += [(v, k) for k, v in vars(obj).items()]
         elif hasattr(obj, "__dict__") and type(obj).__module__.split(".")[0] in ("torch", "deepspeed", "accelerate", "framework"):
-            children = list(vars(obj).values())
+            children = [(v, k) for k, v in vars(obj).items()]
         else:
             continue
-        stack.extend((c, depth + 1) for c in children)
-    return sum(storages.values())
+        stack.extend((c, depth + 1, lab) for c, lab in children)
+    out: dict[str, int] = {}
+    for size, label in storages.values():
+        out[label] = out.get(label, 0) + size
+    return out
+
+
+def known_storages(model: torch.nn.Module, optimizers: list) -> dict[int, str]:
+    """Storage pointer -> category for what the ZeRO model counts (parameters, gradients, moments);
+    a flat buffer that parameters are views of counts as parameters."""
+    named: dict[int, str] = {}
+    for opt in optimizers:
+        inner = getattr(opt, "optimizer", opt)
+        for state in inner.state.values():
+            for k, t in state.items():
+                if isinstance(t, torch.Tensor) and k in ("exp_avg", "exp_avg_sq"):
+                    named[t.untyped_storage().data_ptr()] = "Adam moments"
+    for p in model.parameters():
+        if p.grad is not None:
+            named[p.grad.untyped_storage().data_ptr()] = "gradients"
+        if p.device.type != "meta" and p.untyped_storage().data_ptr():
+            named[p.untyped_storage().data_ptr()] = "parameters"
+    return {k: v for k, v in named.items() if k}
 
 
 def moment_bytes(optimizer) -> int:
@@ -91,14 +118,16 @@ class Probe(Hook):
 
     def __init__(self) -> None:
         self.bytes = self.moments = self.params = 0
+        self.by_kind: dict[str, int] = {}
 
     def before_optimizer_step(self, trainer) -> None:
         if trainer.ctx.global_step == trainer.plan.total - 1:
             gc.collect()
             opts = list(trainer.ctx.optimizers.values())
-            self.bytes = reachable_tensor_bytes([trainer.model, *opts, trainer.strategy])
-            self.moments = sum(moment_bytes(o) for o in opts)
             model = trainer.strategy.unwrap(trainer.model)
+            self.by_kind = reachable_tensor_bytes([trainer.model, *opts, trainer.strategy], known_storages(model, opts))
+            self.bytes = sum(self.by_kind.values())
+            self.moments = sum(moment_bytes(o) for o in opts)
             self.params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
 
@@ -114,7 +143,8 @@ def worker(rank: int, world: int, port: int, overrides: list[str], queue) -> Non
         probe = Probe()
         run_dir = Path(tempfile.gettempdir()) / f"medley-zero-{port}"
         train(compose(*SHARED, *overrides, f"paths.run_dir={run_dir}"), hooks=[probe])
-        queue.put((rank, "ok", {"bytes": probe.bytes, "params": probe.params, "moments": probe.moments}))
+        queue.put((rank, "ok", {"bytes": probe.bytes, "params": probe.params, "moments": probe.moments,
+                                "by_kind": probe.by_kind}))
     except BaseException:  # noqa: BLE001 - report to the parent
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -134,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--world", type=int, default=2)
     p.add_argument("--only", default="", help="comma-separated: ddp,zero1,zero2,zero3")
     ns = p.parse_args(argv)
-    rows, failed = [], {}
+    rows, failed, breakdown = [], {}, {}
     for kind, overrides in CONFIGS.items():
         if ns.only and kind not in ns.only.split(","):
             continue
@@ -151,11 +181,14 @@ def main(argv: list[str] | None = None) -> dict:
         model_moments = 8.0 if kind in ("ddp",) else 8.0 / ns.world
         rows.append([kind, n, max(r["bytes"] for r in ranks) / 2**20, max(per), model, max(per) / model,
                      moments, model_moments, moments / model_moments])
-        print(f"{kind}: {max(per):.2f} B/param per rank (model {model:.2f})", flush=True)
+        worst = max(ranks, key=lambda r: r["bytes"])
+        breakdown[kind] = {k: v / n for k, v in sorted(worst["by_kind"].items(), key=lambda kv: -kv[1])}
+        print(f"{kind}: {max(per):.2f} B/param per rank (model {model:.2f}); by where it is held: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in breakdown[kind].items()), flush=True)
     headers = ["strategy", "params", "MiB per rank (max)", "bytes/param", "ZeRO model bytes/param", "vs model",
                "moment bytes/param", "model moments", "moments vs model"]
     print(table(headers, rows))
-    result = {"world": ns.world, "headers": headers, "rows": rows, "failed": failed}
+    result = {"world": ns.world, "headers": headers, "rows": rows, "failed": failed, "breakdown": breakdown}
     save("zero_memory", result)
     return result
 

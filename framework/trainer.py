@@ -91,6 +91,7 @@ class Trainer:
         owned = self.algorithm.owned_module()
         if owned is not None:
             owned.to(self.strategy.device)
+        self._submodules = list(self.model.modules())  # read before every step: listing them costs more
         self.ctx.optimizers = opts
         self.ctx.schedulers = {k: v[1] for k, v in optimizers.items()}
 
@@ -182,7 +183,7 @@ class Trainer:
         """One optimizer step: ``accum`` micro-batches, a finite check, then the step. The device is
         waited for once per micro-batch (the finite flag and the loss values in one copy)."""
         ctx, alg = self.ctx, self.algorithm
-        if not _all_training(self.model):
+        if not all(m.training for m in self._submodules):  # model.train() only after an evaluation
             self.model.train()
         self._emit("before_step", ctx.global_step)
         ctx.bad_step, step_losses = False, {}
@@ -458,11 +459,6 @@ class _Window:
 
     def mean(self) -> dict[str, float]:
         return {k: v / max(self.count, 1) for k, v in self.sums.items()}
-
-
-def _all_training(model: torch.nn.Module) -> bool:
-    """True when every submodule is in training mode (then ``model.train()`` would change nothing)."""
-    return all(m.training for m in model.modules())
 
 
 def _host_values(losses: dict[str, torch.Tensor]) -> list[float]:
