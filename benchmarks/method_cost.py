@@ -9,8 +9,10 @@ baseline the method's benchmark compares against). Both trainers are built once 
 same batches from memory; they alternate in blocks of ``--steps`` optimizer steps (order
 alternating, the first round dropped) and the ratio is the median over rounds. Peak memory is
 the highest sum of live CPU allocations during one step (``torch.profiler`` with
-``profile_memory``), parameters and optimizer state excluded. Multi-phase methods are measured
-in their first phase.
+``profile_memory``), parameters and optimizer state excluded. ``ops/step`` counts the operators
+one step dispatches (forward, backward, optimizer): on a GPU each costs a few microseconds of
+host time whatever its size, so on small models this count, not FLOPs, sets the step-time ratio.
+Multi-phase methods are measured in their first phase.
 """
 
 from __future__ import annotations
@@ -96,6 +98,22 @@ def peak_step_bytes(step) -> int:
     return peak
 
 
+def dispatched_ops(step) -> int:
+    """Operators dispatched during one call of ``step`` (every aten call, views included)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        step()
+    return Count.n
+
+
 def measure(method: str, steps: int, rounds: int, run_root: Path) -> list:
     from framework.trainer import _Window
 
@@ -120,9 +138,10 @@ def measure(method: str, steps: int, rounds: int, run_root: Path) -> list:
 
     times = interleaved({method: arm(method), baseline: arm(baseline)}, rounds)
     mem = {n: peak_step_bytes(lambda t=t, b=b: t.train_step(b, _Window())) for n, (t, b) in trainers.items()}
+    ops = {n: dispatched_ops(lambda t=t, b=b: t.train_step(b, _Window())) for n, (t, b) in trainers.items()}
     return [method, baseline, " ".join(shared), median(times[method]) * 1e3, median(times[baseline]) * 1e3,
             ratio(times, method, baseline), mem[method] / 2**20, mem[baseline] / 2**20,
-            mem[method] / max(mem[baseline], 1)]
+            mem[method] / max(mem[baseline], 1), ops[method], ops[baseline]]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -144,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
             failed[method] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
     headers = ["method", "baseline", "settings", "ms/step", "baseline ms/step", "step ratio", "peak MiB",
-               "baseline peak MiB", "memory ratio"]
+               "baseline peak MiB", "memory ratio", "ops/step", "baseline ops/step"]
     print(table(headers, rows))
     for m, why in failed.items():
         print(f"not measured: {m}: {why}")

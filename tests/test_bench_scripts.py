@@ -53,3 +53,33 @@ def test_interleaved_drops_the_warm_up_round_and_pairs_rounds():
 def test_gpu_check_script_parses():
     out = subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_dispatched_ops_counts_each_operator_a_step_runs():
+    import torch
+
+    from benchmarks.method_cost import dispatched_ops
+
+    x = torch.ones(4, requires_grad=True)
+    assert dispatched_ops(lambda: None) == 0
+    one = dispatched_ops(lambda: x.detach().add(1))
+    two = dispatched_ops(lambda: x.detach().add(1).mul(2))
+    assert two == one + 1
+    assert dispatched_ops(lambda: (x * 2).sum().backward()) > dispatched_ops(lambda: (x * 2).sum())
+
+
+def test_zero_memory_names_parameters_gradients_and_moments_and_counts_each_storage_once():
+    import torch
+
+    from benchmarks.zero_memory import known_storages, reachable_tensor_bytes
+
+    model = torch.nn.Linear(8, 4)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(2, 8)).sum().backward()
+    opt.step()
+    model.bucket = torch.zeros(10)  # e.g. a wrapper's communication buffer, held by attribute name
+    model.views = [model.bucket[:5], model.weight.grad[0]]  # views: their storages are counted already
+    held = reachable_tensor_bytes([model, opt], known_storages(model, [opt]))
+    n = sum(p.numel() for p in model.parameters())
+    steps = 4 * len(opt.state)  # Adam's float32 step counter per parameter, under its dict's name
+    assert held == {"parameters": 4 * n, "gradients": 4 * n, "Adam moments": 8 * n, "bucket": 40, "state": steps}
