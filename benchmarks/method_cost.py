@@ -103,15 +103,15 @@ def dispatched_ops(step) -> int:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
-        n = 0
-
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Count.n += 1
+            self.n += 1
             return func(*args, **(kwargs or {}))
 
-    with Count():
+    counter = Count()
+    counter.n = 0
+    with counter:
         step()
-    return Count.n
+    return counter.n
 
 
 def measure(method: str, steps: int, rounds: int, run_root: Path) -> list:

@@ -91,13 +91,7 @@ def reachable_tensor_bytes(roots: list, named: dict[int, str] | None = None) -> 
 def known_storages(model: torch.nn.Module, optimizers: list) -> dict[int, str]:
     """Storage pointer -> category for what the ZeRO model counts (parameters, gradients, moments);
     a flat buffer that parameters are views of counts as parameters."""
-    named: dict[int, str] = {}
-    for opt in optimizers:
-        inner = getattr(opt, "optimizer", opt)
-        for state in inner.state.values():
-            for k, t in state.items():
-                if isinstance(t, torch.Tensor) and k in ("exp_avg", "exp_avg_sq"):
-                    named[t.untyped_storage().data_ptr()] = "Adam moments"
+    named = {t.untyped_storage().data_ptr(): "Adam moments" for opt in optimizers for t in moment_tensors(opt)}
     for p in model.parameters():
         if p.grad is not None:
             named[p.grad.untyped_storage().data_ptr()] = "gradients"
@@ -106,11 +100,15 @@ def known_storages(model: torch.nn.Module, optimizers: list) -> dict[int, str]:
     return {k: v for k, v in named.items() if k}
 
 
-def moment_bytes(optimizer) -> int:
-    """Bytes of the Adam moments: the state of the torch optimizer (inside DeepSpeed's wrapper)."""
+def moment_tensors(optimizer) -> list[torch.Tensor]:
+    """The Adam moments: the state of the torch optimizer (inside DeepSpeed's wrapper)."""
     inner = getattr(optimizer, "optimizer", optimizer)
-    return sum(t.numel() * t.element_size() for state in inner.state.values() for k, t in state.items()
-               if isinstance(t, torch.Tensor) and k in ("exp_avg", "exp_avg_sq"))
+    return [t for state in inner.state.values() for k, t in state.items()
+            if isinstance(t, torch.Tensor) and k in ("exp_avg", "exp_avg_sq")]
+
+
+def moment_bytes(optimizer) -> int:
+    return sum(t.numel() * t.element_size() for t in moment_tensors(optimizer))
 
 
 class Probe(Hook):

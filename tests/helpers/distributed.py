@@ -14,7 +14,7 @@ import socket
 import traceback
 from typing import Any, Callable
 
-import torch.multiprocessing as mp
+from benchmarks._common import spawn_ranks
 
 COLLECTIVE_TIMEOUT_S = 30
 
@@ -37,7 +37,7 @@ def dist_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     }
 
 
-def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, queue: Any, init_pg: bool) -> None:
+def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, init_pg: bool, queue: Any) -> None:
     import torch
     import torch.distributed as dist
 
@@ -60,23 +60,4 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, qu
 def run_workers(fn: Callable, world_size: int = 2, args: tuple = (), timeout: float = 120,
                 init_process_group: bool = True) -> list[Any]:
     """Run ``fn`` on ``world_size`` real processes; raise with the worker's traceback on failure."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue, init_process_group))
-             for r in range(world_size)]
-    for p in procs:
-        p.start()
-    results: dict[int, Any] = {}
-    try:
-        for _ in range(world_size):
-            rank, status, value = queue.get(timeout=timeout)
-            if status == "error":
-                raise RuntimeError(f"rank {rank} failed:\n{value}")
-            results[rank] = value
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    return [results[r] for r in range(world_size)]
+    return spawn_ranks(_worker, world_size, (fn, args, init_process_group), timeout=timeout)
