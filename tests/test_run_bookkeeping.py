@@ -139,14 +139,14 @@ def test_the_run_lock_is_released_by_its_run_even_while_forked_workers_it_starte
     finally:
         ours.send(None)
         worker.join(10)
-    with pytest.raises(RunInUseError):  # noqa: PT012 - the refusal names the holder's pid
-        holder = subprocess.Popen([sys.executable, "-c",
-                                   "import sys, time; from pathlib import Path; from framework.run import lock_run_dir; "
-                                   "h = lock_run_dir(Path(sys.argv[1])); print('held', flush=True); time.sleep(30)",
-                                   str(tmp_path)], stdout=subprocess.PIPE, text=True)
-        try:
-            assert holder.stdout.readline().strip() == "held"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from pathlib import Path; from framework.run import lock_run_dir; "
+                               "h = lock_run_dir(Path(sys.argv[1])); print('held', flush=True); time.sleep(30)",
+                               str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInUseError, match=f"pid {holder.pid}"):  # the refusal names the holder
             lock_run_dir(tmp_path)
-        finally:
-            holder.kill()
-            holder.wait()
+    finally:
+        holder.kill()
+        holder.wait()
